@@ -1,0 +1,275 @@
+"""User JWT and action-token verification and minting (pyjwt), algorithms pinned."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from .config import ConfigError, Settings
+from .errors import InvalidActionToken, InvalidToken
+
+SCOPE_BONUS = "scores:bonus"
+SCOPE_ADMIN = "scores:admin"
+BONUS_ACTION = "bonus"
+DEFAULT_ACTION = "score"
+NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# Tokens longer than this are refused before any parsing.
+MAX_TOKEN_LEN = 8192
+# Verified user JWTs are remembered until they expire; bounded so a flood of
+# distinct tokens cannot grow memory without limit.
+_CLAIMS_CACHE_MAX = 50_000
+_PUBLIC_ALGS = {"RS256", "ES256", "EdDSA"}
+
+
+def parse_uuid(value: object) -> str | None:
+    """The canonical lowercase form of a UUID string, or None when it is not one."""
+    if isinstance(value, str) and len(value) == 36 and UUID_RE.fullmatch(value):
+        return value.lower()
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a verified user JWT's subject and scopes."""
+
+    user_id: str
+    scopes: frozenset[str]
+    exp: float
+
+    @property
+    def admin(self) -> bool:
+        return SCOPE_ADMIN in self.scopes
+
+    @property
+    def bonus(self) -> bool:
+        return SCOPE_BONUS in self.scopes
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A verified action token's claims."""
+
+    user_id: str
+    nonce: str
+    delta: int
+    action: str
+    iat: int
+    exp: int
+
+    @property
+    def bonus(self) -> bool:
+        return self.action == BONUS_ACTION
+
+
+def load_jwks(path: str) -> dict[str, jwt.PyJWK]:
+    """Public keys by `kid` from a JWKS file; each key keeps its own algorithm."""
+    try:
+        keyset = jwt.PyJWKSet.from_json(Path(path).read_text())
+    except (OSError, jwt.PyJWKSetError, jwt.PyJWKError, ValueError) as e:
+        raise ConfigError(f"SCOREBOARD_JWT_PUBLIC_KEYS: cannot load {path}: {e}") from None
+    keys: dict[str, jwt.PyJWK] = {}
+    for key in keyset.keys:
+        if not key.key_id:
+            raise ConfigError(f"SCOREBOARD_JWT_PUBLIC_KEYS: every key needs a kid ({path})")
+        if key.algorithm_name not in _PUBLIC_ALGS:
+            raise ConfigError(
+                f"SCOREBOARD_JWT_PUBLIC_KEYS: key {key.key_id!r} has algorithm "
+                f"{key.algorithm_name}; only RS256, ES256 and EdDSA public keys are accepted"
+            )
+        keys[key.key_id] = key
+    return keys
+
+
+def _header(token: str, error: type[InvalidToken] | type[InvalidActionToken]) -> dict[str, Any]:
+    if len(token) > MAX_TOKEN_LEN:
+        raise error("token too long", reason="too_long")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise error("token is not a JWT", reason="malformed") from None
+    if "crit" in header:
+        # No extension is understood here, so a token that demands one is refused.
+        raise error("token has a critical header extension", reason="crit")
+    return header
+
+
+def _reason(e: jwt.PyJWTError) -> str:
+    if isinstance(e, jwt.ExpiredSignatureError):
+        return "expired"
+    if isinstance(e, jwt.ImmatureSignatureError):
+        return "not_yet_valid"
+    if isinstance(e, jwt.InvalidSignatureError):
+        return "bad_signature"
+    if isinstance(e, jwt.InvalidAudienceError):
+        return "audience"
+    if isinstance(e, jwt.InvalidIssuerError):
+        return "issuer"
+    if isinstance(e, jwt.MissingRequiredClaimError):
+        return "missing_claim"
+    if isinstance(e, jwt.InvalidAlgorithmError):
+        return "algorithm"
+    return "malformed"
+
+
+class Verifier:
+    """Verifies user JWTs and action tokens with the configured keys."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._secret = settings.jwt_secret
+        self._action_secret = settings.action_secret
+        self._jwks = load_jwks(settings.jwt_public_keys) if settings.jwt_public_keys else {}
+        self._issuer = settings.jwt_issuer or None
+        self._audience = settings.jwt_audience or None
+        self._leeway = settings.jwt_leeway_s
+        self._max_ttl = settings.action_token_max_ttl_s
+        self._cache: dict[str, Principal] = {}
+        self._user_options: dict[str, Any] = {
+            "require": ["exp", "sub"],
+            "verify_aud": self._audience is not None,
+        }
+        self._action_options: dict[str, Any] = {
+            "require": ["exp", "iat", "sub", "nonce", "delta"],
+            "verify_aud": False,
+        }
+
+    def user(self, token: str) -> Principal:
+        """Verify a user JWT; raises InvalidToken."""
+        cached = self._cache.get(token)
+        now = time.time()
+        if cached is not None:
+            if now <= cached.exp + self._leeway:
+                return cached
+            del self._cache[token]
+        header = _header(token, InvalidToken)
+        key: Any
+        alg = header.get("alg")
+        kid = header.get("kid")
+        jwk = self._jwks.get(kid) if isinstance(kid, str) else None
+        if jwk is not None:
+            if alg != jwk.algorithm_name:
+                raise InvalidToken("token algorithm does not match its key", reason="algorithm")
+            key, algorithms = jwk.key, [jwk.algorithm_name]
+        elif alg == "HS256" and self._secret:
+            key, algorithms = self._secret, ["HS256"]
+        else:
+            raise InvalidToken("token algorithm or key id is not accepted", reason="algorithm")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                options=self._user_options,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+            )
+        except jwt.PyJWTError as e:
+            raise InvalidToken(f"token rejected: {e}", reason=_reason(e)) from None
+        user_id = parse_uuid(claims.get("sub"))
+        if user_id is None:
+            raise InvalidToken("token sub is not a UUID", reason="sub")
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise InvalidToken("token exp is not a number", reason="malformed")
+        scope = claims.get("scope")
+        scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+        principal = Principal(user_id, scopes, float(exp))
+        if len(self._cache) >= _CLAIMS_CACHE_MAX:
+            self._cache.clear()
+        self._cache[token] = principal
+        return principal
+
+    def action(self, token: str) -> Action:
+        """Verify an action token's signature, lifetime and claim types."""
+        header = _header(token, InvalidActionToken)
+        if header.get("alg") != "HS256":
+            raise InvalidActionToken("action token must be HS256", reason="algorithm")
+        try:
+            claims = jwt.decode(
+                token,
+                self._action_secret,
+                algorithms=["HS256"],
+                options=self._action_options,
+                leeway=self._leeway,
+            )
+        except jwt.PyJWTError as e:
+            raise InvalidActionToken(f"action token rejected: {e}", reason=_reason(e)) from None
+        iat, exp, delta = claims["iat"], claims["exp"], claims["delta"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (iat, exp, delta)):
+            raise InvalidActionToken("action token iat, exp and delta must be integers")
+        if exp - iat > self._max_ttl:
+            raise InvalidActionToken(
+                f"action token lives longer than {self._max_ttl} s", reason="ttl"
+            )
+        user_id = parse_uuid(claims["sub"])
+        nonce = claims["nonce"]
+        if user_id is None or not isinstance(nonce, str) or not NONCE_RE.fullmatch(nonce):
+            raise InvalidActionToken("action token sub or nonce is malformed", reason="claims")
+        action = claims.get("action", DEFAULT_ACTION)
+        if not isinstance(action, str) or not 1 <= len(action) <= 64:
+            raise InvalidActionToken("action token action must be a short string", reason="claims")
+        return Action(user_id, nonce, delta, action, iat, exp)
+
+    @property
+    def leeway(self) -> int:
+        return self._leeway
+
+
+def new_nonce() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def mint_user_token(
+    settings: Settings, user_id: str, scope: str = "", ttl_s: int = 3600
+) -> str:
+    """A user JWT signed with the configured HS256 secret."""
+    if not settings.jwt_secret:
+        raise ConfigError("minting needs SCOREBOARD_JWT_SECRET (public keys cannot sign)")
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + ttl_s}
+    if scope:
+        claims["scope"] = scope
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+
+
+def mint_action_token(
+    settings: Settings,
+    user_id: str,
+    delta: int,
+    action: str = DEFAULT_ACTION,
+    ttl_s: int | None = None,
+    nonce: str | None = None,
+) -> tuple[str, str]:
+    """(nonce, action token) for one action of `user_id`."""
+    nonce = nonce or new_nonce()
+    now = int(time.time())
+    ttl = settings.action_token_max_ttl_s if ttl_s is None else ttl_s
+    claims = {
+        "sub": user_id,
+        "nonce": nonce,
+        "delta": delta,
+        "action": action,
+        "iat": now,
+        "exp": now + ttl,
+    }
+    return nonce, jwt.encode(claims, settings.action_secret, algorithm="HS256")
+
+
+def event_id(board: str, nonce: str) -> str:
+    """The name-based event id: the same board and nonce always give the same UUID."""
+    return str(uuid.uuid5(_EVENT_NS, f"{board}/{nonce}"))
+
+
+_EVENT_NS = uuid.UUID("6f1c7a53-2d0e-5b8e-9a43-5c0f3e1d2b77")

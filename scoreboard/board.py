@@ -1,0 +1,233 @@
+"""The live store: Lua scripts on Redis for increments, ranks and pages."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.commands.core import AsyncScript
+
+from . import keys
+from .errors import InvalidDelta, RateLimited, Replay, StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+MAX_SCORE = 2**53 - 1
+TOP_SIZE = 100
+# A nonce outlives its token's exp + leeway by this much, so clock steps between
+# app servers cannot open a replay window.
+NONCE_MARGIN_S = 60
+RATE_WINDOW_MS = 60_000
+
+RedisClient = Any  # redis.asyncio.Redis or redis.asyncio.RedisCluster
+
+
+def load_lua(name: str) -> str:
+    """The text of `scoreboard/lua/<name>.lua`."""
+    return resources.files("scoreboard").joinpath("lua", f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class Increment:
+    """What one applied increment did."""
+
+    user_id: str
+    score: int
+    rank: int
+    previous_rank: int | None
+    delta: int
+    event_id: str
+    top_changed: bool
+    version: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    rank: int
+    user_id: str
+    score: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "userId": self.user_id, "score": self.score}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A board's top-100 as stored next to the board, with its version."""
+
+    version: int
+    updated_ms: int
+    entries: tuple[Entry, ...]
+
+
+def _ranked(pairs: list[tuple[str, int]]) -> tuple[Entry, ...]:
+    out: list[Entry] = []
+    for pos, (user, score) in enumerate(pairs):
+        rank = out[-1].rank if out and out[-1].score == score else pos + 1
+        out.append(Entry(rank, user, score))
+    return tuple(out)
+
+
+def _triples(flat: list[Any]) -> list[Entry]:
+    return [
+        Entry(int(flat[i + 2]), flat[i].decode(), int(flat[i + 1])) for i in range(0, len(flat), 3)
+    ]
+
+
+def _translate(e: rexc.RedisError) -> Exception:
+    """Map a script refusal to its typed error, anything else to StoreUnavailable."""
+    if isinstance(e, rexc.ResponseError):
+        text = str(e)
+        code, _, rest = text.partition(" ")
+        if code == "SB_REPLAY":
+            try:
+                original = orjson.loads(rest)
+            except orjson.JSONDecodeError:
+                original = None
+            return Replay("this action's nonce was already used", original)
+        if code == "SB_RATE_LIMITED":
+            retry = max(1, math.ceil(int(rest) / 1000)) if rest.lstrip("-").isdigit() else 60
+            return RateLimited("too many increments for this user this minute", retry)
+        if code == "SB_INVALID_DELTA":
+            return InvalidDelta(rest or "invalid delta")
+    logger.warning("redis failed: %s: %s", type(e).__name__, e)
+    return StoreUnavailable("the live store is unavailable")
+
+
+class Board:
+    """Typed wrappers around the Lua scripts, one instance per Redis client."""
+
+    def __init__(self, client: RedisClient, *, leeway_s: int, rate_limit_per_min: int) -> None:
+        self.client = client
+        self._leeway_s = leeway_s
+        self._rate_limit = rate_limit_per_min
+        self._increment: AsyncScript = client.register_script(load_lua("increment"))
+        self._page: AsyncScript = client.register_script(load_lua("page"))
+        self._around: AsyncScript = client.register_script(load_lua("around"))
+        self._user: AsyncScript = client.register_script(load_lua("user"))
+        self._keys: dict[str, keys.BoardKeys] = {}
+        self._registered: set[str] = set()
+
+    def keys(self, board: str) -> keys.BoardKeys:
+        k = self._keys.get(board)
+        if k is None:
+            k = self._keys[board] = keys.BoardKeys(board)
+        return k
+
+    async def increment(
+        self,
+        board: str,
+        user_id: str,
+        delta: int,
+        nonce: str,
+        event_id: str,
+        source: str,
+        token_exp: int,
+    ) -> Increment:
+        """Apply one action atomically; raises InvalidDelta, Replay, RateLimited."""
+        k = self.keys(board)
+        now_ms = int(time.time() * 1000)
+        nonce_ttl_ms = max(1000, (token_exp + self._leeway_s + NONCE_MARGIN_S) * 1000 - now_ms)
+        window = now_ms // RATE_WINDOW_MS
+        window_left_ms = RATE_WINDOW_MS - now_ms % RATE_WINDOW_MS
+        try:
+            if board not in self._registered:
+                await self.client.sadd(keys.BOARDS_KEY, board)
+                self._registered.add(board)
+            r = await self._increment(
+                keys=[k.scores, k.top, k.seq, k.nonce(nonce), k.rate(user_id, window), k.events],
+                args=[
+                    user_id,
+                    delta,
+                    nonce,
+                    event_id,
+                    nonce_ttl_ms,
+                    self._rate_limit,
+                    window_left_ms + 1000,
+                    now_ms,
+                    source,
+                    keys.channel(board),
+                    board,
+                    MAX_SCORE,
+                ],
+            )
+        except rexc.RedisError as e:
+            raise _translate(e) from None
+        return Increment(
+            user_id=user_id,
+            score=int(r[0]),
+            rank=int(r[1]),
+            previous_rank=int(r[2]) or None,
+            delta=delta,
+            event_id=event_id,
+            top_changed=bool(r[3]),
+            version=int(r[4]),
+            seq=int(r[5]),
+        )
+
+    async def snapshot(self, board: str) -> Snapshot:
+        """The stored top-100 snapshot (version 0 and no entries for an empty board)."""
+        try:
+            v, d, t = await self.client.hmget(self.keys(board).top, ["v", "d", "t"])
+        except rexc.RedisError as e:
+            raise _translate(e) from None
+        if v is None or d is None:
+            return Snapshot(0, int(time.time() * 1000), ())
+        pairs = [(u, int(s)) for u, s in orjson.loads(d)]
+        return Snapshot(int(v), int(t or 0), _ranked(pairs))
+
+    async def page(self, board: str, offset: int, limit: int) -> tuple[int, list[Entry]]:
+        """(version, entries) of positions offset .. offset + limit - 1."""
+        k = self.keys(board)
+        try:
+            flat = await self._page(keys=[k.scores, k.top], args=[offset, offset + limit - 1])
+        except rexc.RedisError as e:
+            raise _translate(e) from None
+        return int(flat[0]), _triples(flat[1:])
+
+    async def user(self, board: str, user_id: str) -> Entry | None:
+        """A user's score and rank, or None."""
+        try:
+            r = await self._user(keys=[self.keys(board).scores], args=[user_id])
+        except rexc.RedisError as e:
+            raise _translate(e) from None
+        return Entry(int(r[1]), user_id, int(r[0])) if r else None
+
+    async def around(self, board: str, user_id: str, n: int) -> list[Entry] | None:
+        """The user's entry with up to n neighbours on each side, or None."""
+        try:
+            flat = await self._around(keys=[self.keys(board).scores], args=[user_id, n])
+        except rexc.RedisError as e:
+            raise _translate(e) from None
+        return _triples(flat) if flat else None
+
+    def pubsub_client(self) -> Any:
+        """The client whose `pubsub()` sees every board's channel."""
+        return self.client
+
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except rexc.RedisError as e:
+            raise _translate(e) from None
+
+
+def connect(url: str, *, cluster: bool = False) -> RedisClient:
+    """A Redis client for the URL (no I/O yet)."""
+    common: dict[str, Any] = {
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+        "health_check_interval": 30,
+    }
+    if cluster:
+        return aioredis.RedisCluster.from_url(url, **common)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=128, timeout=5, **common)
+    return aioredis.Redis.from_pool(pool)

@@ -1,0 +1,70 @@
+"""The application factory: wires settings, stores and routes; owns nothing itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import suppress
+
+from aiohttp import web
+
+from .. import board as board_mod
+from ..auth import Verifier
+from ..board import Board
+from ..config import Settings
+from ..hub import Hub
+from ..metrics import Metrics
+from . import ops, scores
+from .middleware import middleware, on_prepare
+from .state import BOARD, HUB, METRICS, SETTINGS, VERIFIER
+
+logger = logging.getLogger(__name__)
+
+
+def redis_client(settings: Settings) -> board_mod.RedisClient:
+    """The configured Redis, or the embedded in-process one."""
+    if settings.embedded_redis:
+        from .. import embedded
+
+        return embedded.redis_client(settings)
+    return board_mod.connect(settings.redis_url, cluster=settings.redis_cluster)
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    client = redis_client(settings)
+    store = Board(
+        client, leeway_s=settings.jwt_leeway_s, rate_limit_per_min=settings.rate_limit_per_min
+    )
+    app[BOARD] = store
+    app[HUB] = Hub(store, app[METRICS])
+    yield
+    await client.aclose()
+
+
+async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[HUB].run(), name="scoreboard-hub")
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
+    """The aiohttp application for `settings` (secrets already filled in and checked)."""
+    app = web.Application(
+        middlewares=[middleware], client_max_size=scores.MAX_BODY, handler_args={"max_field_size": 16384}
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics or Metrics()
+    app[VERIFIER] = Verifier(settings)
+    app.on_response_prepare.append(on_prepare)
+    app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_hub_ctx)
+    for prefix in ("", "/boards/{boardId}"):
+        scores.add_routes(app, prefix)
+    ops.add_routes(app)
+    for prefix in ("", "/boards/{boardId}"):
+        scores.add_user_routes(app, prefix)
+    return app

@@ -1,0 +1,120 @@
+"""Request ids, the contract's error bodies, and request timing, in one middleware."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..errors import ScoreboardError
+from ..metrics import Metrics
+from .state import METRICS
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID = "X-Request-ID"
+_REQUEST_ID_KEY = "request_id"
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "invalid_token",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    431: "headers_too_large",
+    503: "unavailable",
+}
+
+
+def _sane(value: str | None) -> bool:
+    return (
+        value is not None
+        and 0 < len(value) <= 128
+        and all(0x21 <= ord(c) <= 0x7E for c in value)
+    )
+
+
+def request_id(request: web.Request) -> str:
+    """The request's id: the client's when sane, else a generated one."""
+    rid: str | None = request.get(_REQUEST_ID_KEY)
+    if rid is None:
+        given = request.headers.getall(REQUEST_ID, [])
+        rid = given[0] if len(given) == 1 and _sane(given[0]) else uuid.uuid4().hex
+        request[_REQUEST_ID_KEY] = rid
+    return rid
+
+
+def error_response(
+    request: web.Request,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> web.Response:
+    """The contract's error body: {"error", "message", "requestId"} (+ extra fields)."""
+    body: dict[str, Any] = {"error": code, "message": message, "requestId": request_id(request)}
+    if extra:
+        body.update(extra)
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def _route(request: web.Request) -> str:
+    info = request.match_info
+    resource = info.route.resource if info.http_exception is None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every error as the contract's body and time every request."""
+    start = time.perf_counter()
+    request_id(request)
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except ScoreboardError as e:
+        response = error_response(
+            request, e.status, e.code, e.message, headers=e.headers, extra=e.extra()
+        )
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
+        response = error_response(
+            request,
+            e.status,
+            _HTTP_CODES.get(e.status, "error"),
+            e.reason or "request refused",
+            headers=headers,
+        )
+    except Exception:
+        logger.exception("unhandled error in %s %s", request.method, request.path)
+        response = error_response(request, 500, "internal_error", "internal server error")
+    metrics: Metrics = request.app[METRICS]
+    metrics.http_duration.labels(_route(request), request.method, str(response.status)).observe(
+        time.perf_counter() - start
+    )
+    return response
+
+
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response, streaming ones included, carries the request id."""
+    response.headers[REQUEST_ID] = request_id(request)

@@ -1,0 +1,17 @@
+"""Typed application state keys."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..auth import Verifier
+from ..board import Board
+from ..config import Settings
+from ..hub import Hub
+from ..metrics import Metrics
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+VERIFIER = web.AppKey("verifier", Verifier)
+BOARD = web.AppKey("board", Board)
+HUB = web.AppKey("hub", Hub)

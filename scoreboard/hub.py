@@ -1,0 +1,190 @@
+"""One Pub/Sub subscription per process: keeps the top cache fresh and feeds live clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis.exceptions as rexc
+
+from . import keys
+from .board import TOP_SIZE, Board, Snapshot
+from .metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+# While the subscription is down a cached snapshot is trusted this long at most.
+UNSUBSCRIBED_MAX_AGE_S = 1.0
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+def iso_ms(ms: int) -> str:
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
+            "+00:00", "Z"
+        )
+    )
+
+
+@dataclass(slots=True)
+class CachedTop:
+    """A board's top-100 snapshot with its encoded pages, built once per version."""
+
+    snapshot: Snapshot
+    fetched_at: float
+    bodies: dict[tuple[int, int], bytes] = field(default_factory=dict)
+
+    @property
+    def version(self) -> int:
+        return self.snapshot.version
+
+    def updated_at(self) -> str:
+        return iso_ms(self.snapshot.updated_ms)
+
+    def body(self, offset: int, limit: int) -> bytes:
+        """The `/scores/top` JSON for this page (offset + limit within the top-100)."""
+        key = (offset, limit)
+        body = self.bodies.get(key)
+        if body is None:
+            entries = self.snapshot.entries[offset : offset + limit]
+            body = self.bodies[key] = orjson.dumps(
+                {
+                    "entries": [e.as_dict() for e in entries],
+                    "version": self.snapshot.version,
+                    "updatedAt": self.updated_at(),
+                }
+            )
+        return body
+
+
+class Hub:
+    """Subscribes to every board's channel; caches tops; tells listeners of changes."""
+
+    def __init__(self, board: Board, metrics: Metrics) -> None:
+        self._board = board
+        self._metrics = metrics
+        self._cache: dict[str, CachedTop] = {}
+        self._latest: dict[str, int] = {}
+        self._listeners: list[Listener] = []
+        self._fetching: dict[str, asyncio.Future[CachedTop]] = {}
+        self.subscribed = False
+        self.ready = asyncio.Event()
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def note_version(self, board: str, version: int) -> None:
+        """A newer version of a board's top exists (seen in a reply or a message)."""
+        if version > self._latest.get(board, -1):
+            self._latest[board] = version
+
+    def _fresh(self, board: str) -> CachedTop | None:
+        cached = self._cache.get(board)
+        if cached is None or cached.version < self._latest.get(board, 0):
+            return None
+        if not self.subscribed and time.monotonic() - cached.fetched_at > UNSUBSCRIBED_MAX_AGE_S:
+            return None
+        return cached
+
+    async def top(self, board: str) -> CachedTop:
+        """The newest known top of a board: from memory when current, else from Redis."""
+        cached = self._fresh(board)
+        if cached is not None:
+            self._metrics.cache_hit.inc()
+            return cached
+        self._metrics.cache_miss.inc()
+        # Concurrent misses of one board share one Redis read.
+        pending = self._fetching.get(board)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[CachedTop] = asyncio.get_running_loop().create_future()
+        self._fetching[board] = fut
+        try:
+            snapshot = await self._board.snapshot(board)
+            cached = CachedTop(snapshot, time.monotonic())
+            self.note_version(board, snapshot.version)
+            current = self._cache.get(board)
+            if current is None or current.version <= snapshot.version:
+                self._cache[board] = cached
+            fut.set_result(cached)
+            return cached
+        except BaseException as e:
+            fut.set_exception(e)
+            # The exception is delivered to waiters, if any; none is not an error.
+            fut.exception()
+            raise
+        finally:
+            del self._fetching[board]
+
+    def _dispatch(self, channel: str, data: bytes) -> None:
+        board = keys.board_of_channel(channel)
+        if board is None:
+            return
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            logger.warning("ignoring a malformed message on %s", channel)
+            return
+        if not isinstance(message, dict):
+            return
+        version = message.get("version")
+        if isinstance(version, int):
+            self.note_version(board, version)
+        for listener in self._listeners:
+            try:
+                listener(board, message)
+            except Exception:
+                logger.exception("a live listener failed")
+
+    def _reset(self) -> None:
+        """Forget every cached top: messages may have been missed while unsubscribed."""
+        self._cache.clear()
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting with backoff after Redis failures."""
+        backoff = 0.1
+        patterns = (keys.CHANNEL_PREFIX, keys.CHANNEL_PREFIX + ".*")
+        while True:
+            pubsub = self._board.pubsub_client().pubsub()
+            try:
+                await pubsub.psubscribe(*patterns)
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
+                    if msg is None:
+                        continue
+                    kind = msg["type"]
+                    if kind == "pmessage":
+                        channel = msg["channel"]
+                        self._dispatch(
+                            channel.decode() if isinstance(channel, bytes) else channel,
+                            msg["data"],
+                        )
+                    elif kind == "psubscribe" and not self.subscribed:
+                        self._reset()
+                        self.subscribed = True
+                        self.ready.set()
+                        backoff = 0.1
+                        for listener in self._listeners:
+                            listener("", {"type": "resync"})
+            except (rexc.RedisError, OSError) as e:
+                if self.subscribed:
+                    logger.warning("live subscription lost (%s); reconnecting", e)
+                self.subscribed = False
+                self._reset()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except (rexc.RedisError, OSError):
+                    pass
+
+
+def top_in_cache_range(offset: int, limit: int) -> bool:
+    return offset + limit <= TOP_SIZE

@@ -1,0 +1,85 @@
+"""Every Prometheus collector of the service, on one registry."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+OUTCOMES = (
+    "ok",
+    "unauthorized",
+    "bad_request",
+    "forbidden",
+    "invalid_action_token",
+    "invalid_delta",
+    "replay",
+    "rate_limited",
+    "payload_too_large",
+    "unsupported_media_type",
+    "error",
+)
+
+
+class Metrics:
+    """The contract's metrics (section 7), plus the process collector."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.score_updates = Counter(
+            "scoreboard_score_updates_total",
+            "Increment attempts by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "scoreboard_auth_failures_total",
+            "User JWT and action token failures by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.cache_requests = Counter(
+            "scoreboard_cache_requests_total",
+            "Top-board reads served from the process cache (hit) or Redis (miss)",
+            ["result"],
+            registry=r,
+        )
+        self.stream_clients = Gauge(
+            "scoreboard_stream_clients",
+            "Connected live clients",
+            ["transport"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.http_duration = Histogram(
+            "scoreboard_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method", "status"],
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.sink_events = Counter(
+            "scoreboard_sink_events_total",
+            "Events written to the database by the sink",
+            registry=r,
+        )
+        self.sink_lag = Gauge(
+            "scoreboard_sink_lag_events",
+            "Stream entries not yet committed to the database",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        # Children created up front: every label value shows from the first scrape.
+        self.outcome = {o: self.score_updates.labels(outcome=o) for o in OUTCOMES}
+        self.cache_hit = self.cache_requests.labels(result="hit")
+        self.cache_miss = self.cache_requests.labels(result="miss")
+        self.clients_sse = self.stream_clients.labels(transport="sse")
+        self.clients_ws = self.stream_clients.labels(transport="ws")
