@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from jwt.types import Options
 
 from .config import ConfigError, Settings
 from .errors import InvalidActionToken, InvalidToken
@@ -131,11 +132,11 @@ class Verifier:
         self._leeway = settings.jwt_leeway_s
         self._max_ttl = settings.action_token_max_ttl_s
         self._cache: dict[str, Principal] = {}
-        self._user_options: dict[str, Any] = {
+        self._user_options: Options = {
             "require": ["exp", "sub"],
             "verify_aud": self._audience is not None,
         }
-        self._action_options: dict[str, Any] = {
+        self._action_options: Options = {
             "require": ["exp", "iat", "sub", "nonce", "delta"],
             "verify_aud": False,
         }
@@ -227,9 +228,7 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(24)
 
 
-def mint_user_token(
-    settings: Settings, user_id: str, scope: str = "", ttl_s: int = 3600
-) -> str:
+def mint_user_token(settings: Settings, user_id: str, scope: str = "", ttl_s: int = 3600) -> str:
     """A user JWT signed with the configured HS256 secret."""
     if not settings.jwt_secret:
         raise ConfigError("minting needs SCOREBOARD_JWT_SECRET (public keys cannot sign)")

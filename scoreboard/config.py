@@ -59,7 +59,9 @@ OPTIONS: tuple[Option, ...] = (
         "accepted increments per user per minute; 0 = off",
         "int",
     ),
-    Option("SCOREBOARD_REDIS_CLUSTER", "redis_cluster", "false", "Redis URL is a cluster node", "bool"),
+    Option(
+        "SCOREBOARD_REDIS_CLUSTER", "redis_cluster", "false", "Redis URL is a cluster node", "bool"
+    ),
     Option("SCOREBOARD_WORKERS", "workers", "1", "HTTP worker processes", "int"),
     Option("SCOREBOARD_DATA_DIR", "data_dir", "./.scoreboard", "embedded mode's files"),
     Option(
@@ -206,7 +208,9 @@ class Settings:
     def check_secrets(self) -> None:
         """Refuse missing, short or shared secrets."""
         if not self.action_secret:
-            raise ConfigError("SCOREBOARD_ACTION_SECRET is required when SCOREBOARD_REDIS_URL is set")
+            raise ConfigError(
+                "SCOREBOARD_ACTION_SECRET is required when SCOREBOARD_REDIS_URL is set"
+            )
         if not self.jwt_secret and not self.jwt_public_keys:
             raise ConfigError(
                 "SCOREBOARD_JWT_SECRET or SCOREBOARD_JWT_PUBLIC_KEYS is required "

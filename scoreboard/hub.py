@@ -26,9 +26,9 @@ Listener = Callable[[str, dict[str, Any]], None]
 
 def iso_ms(ms: int) -> str:
     return (
-        datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
-            "+00:00", "Z"
-        )
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 

@@ -60,7 +60,9 @@ def setup(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def event(logger: logging.Logger, msg: str, fields: dict[str, Any], level: int = logging.INFO) -> None:
+def event(
+    logger: logging.Logger, msg: str, fields: dict[str, Any], level: int = logging.INFO
+) -> None:
     """Log one structured line (cheap when the level is disabled)."""
     if logger.isEnabledFor(level):
         logger.log(level, msg, extra={"fields": fields})

@@ -54,7 +54,9 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
     """The aiohttp application for `settings` (secrets already filled in and checked)."""
     app = web.Application(
-        middlewares=[middleware], client_max_size=scores.MAX_BODY, handler_args={"max_field_size": 16384}
+        middlewares=[middleware],
+        client_max_size=scores.MAX_BODY,
+        handler_args={"max_field_size": 16384},
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()

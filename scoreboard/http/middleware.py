@@ -18,7 +18,7 @@ from .state import METRICS
 logger = logging.getLogger(__name__)
 
 REQUEST_ID = "X-Request-ID"
-_REQUEST_ID_KEY = "request_id"
+_REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _HTTP_CODES = {
     400: "bad_request",
     401: "invalid_token",
@@ -38,9 +38,7 @@ _HTTP_CODES = {
 
 def _sane(value: str | None) -> bool:
     return (
-        value is not None
-        and 0 < len(value) <= 128
-        and all(0x21 <= ord(c) <= 0x7E for c in value)
+        value is not None and 0 < len(value) <= 128 and all(0x21 <= ord(c) <= 0x7E for c in value)
     )
 
 

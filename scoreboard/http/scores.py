@@ -32,7 +32,9 @@ _BODY_FIELDS = frozenset(("userId", "delta", "actionToken"))
 _JSON = "application/json"
 
 
-def json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    body: bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         status=status, body=body, content_type=_JSON, charset="utf-8", headers=headers
     )
