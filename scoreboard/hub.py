@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 # While the subscription is down a cached snapshot is trusted this long at most.
 UNSUBSCRIBED_MAX_AGE_S = 1.0
+# How often the listener wakes to check for shutdown.
+POLL_INTERVAL_S = 0.2
 Listener = Callable[[str, dict[str, Any]], None]
 
 
@@ -75,6 +77,7 @@ class Hub:
         self._fetching: dict[str, asyncio.Future[CachedTop]] = {}
         self.subscribed = False
         self.ready = asyncio.Event()
+        self._stopping = False
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -146,16 +149,27 @@ class Hub:
         """Forget every cached top: messages may have been missed while unsubscribed."""
         self._cache.clear()
 
+    def stop(self) -> None:
+        """Ask `run` to return within one poll interval.
+
+        The loop is stopped by a flag, not by cancellation: cancelling a task blocked in
+        a pub/sub read with a timeout can be swallowed by the client library, which would
+        hang shutdown.
+        """
+        self._stopping = True
+
     async def run(self) -> None:
-        """Listen until cancelled, reconnecting with backoff after Redis failures."""
+        """Listen until `stop()`, reconnecting with backoff after Redis failures."""
         backoff = 0.1
         patterns = (keys.CHANNEL_PREFIX, keys.CHANNEL_PREFIX + ".*")
-        while True:
+        while not self._stopping:
             pubsub = self._board.pubsub_client().pubsub()
             try:
                 await pubsub.psubscribe(*patterns)
-                while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
+                while not self._stopping:
+                    msg = await pubsub.get_message(
+                        ignore_subscribe_messages=False, timeout=POLL_INTERVAL_S
+                    )
                     if msg is None:
                         continue
                     kind = msg["type"]
@@ -177,7 +191,8 @@ class Hub:
                     logger.warning("live subscription lost (%s); reconnecting", e)
                 self.subscribed = False
                 self._reset()
-                await asyncio.sleep(backoff)
+                if not self._stopping:
+                    await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
                 try:

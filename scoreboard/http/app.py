@@ -20,6 +20,7 @@ from .middleware import middleware, on_prepare
 from .state import BOARD, HUB, METRICS, SETTINGS, VERIFIER
 
 logger = logging.getLogger(__name__)
+HUB_STOP_TIMEOUT_S = 3.0
 
 
 def redis_client(settings: Settings) -> board_mod.RedisClient:
@@ -44,9 +45,14 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[HUB].run(), name="scoreboard-hub")
+    hub = app[HUB]
+    task = asyncio.create_task(hub.run(), name="scoreboard-hub")
     yield
-    task.cancel()
+    hub.stop()
+    try:
+        await asyncio.wait_for(task, HUB_STOP_TIMEOUT_S)
+    except TimeoutError:
+        logger.warning("the live subscription did not stop in time")
     with suppress(asyncio.CancelledError):
         await task
 

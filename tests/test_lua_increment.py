@@ -1,0 +1,157 @@
+"""increment.lua called directly through Board: each outcome, and what it writes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from scoreboard import keys
+from scoreboard.board import MAX_SCORE, Board
+from scoreboard.errors import InvalidDelta, RateLimited, Replay
+
+from .conftest import new_user
+
+
+@pytest.fixture
+async def rclient(redis_url: str) -> AsyncIterator[Any]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def make_board(client: Any, rate: int = 0) -> Board:
+    return Board(client, leeway_s=10, rate_limit_per_min=rate)
+
+
+async def inc(board: Board, user: str, delta: int, nonce: str, name: str = "b1") -> object:
+    return await board.increment(
+        name, user, delta, nonce, f"ev-{nonce}", "score", int(time.time()) + 60
+    )
+
+
+async def test_ok_writes_everything(rclient: Any) -> None:
+    board = make_board(rclient)
+    k = keys.BoardKeys("b1")
+    user = new_user()
+    pubsub = rclient.pubsub()
+    await pubsub.subscribe(keys.channel("b1"))
+    await pubsub.get_message(timeout=1)
+    r = await board.increment(
+        "b1", user, 12, "nonce-0000000001", "ev-1", "quest", int(time.time()) + 60
+    )
+    assert (r.score, r.rank, r.previous_rank, r.top_changed, r.seq) == (12, 1, None, True, 1)
+    assert r.version == 1
+    assert await rclient.zscore(k.scores, user) == -12
+    nonce_value = orjson.loads(await rclient.get(k.nonce("nonce-0000000001")))
+    assert nonce_value == {"eventId": "ev-1", "score": 12, "rank": 1}
+    entries = await rclient.xrange(k.events)
+    assert len(entries) == 1
+    fields = {a.decode(): b.decode() for a, b in entries[0][1].items()}
+    assert fields == {
+        "k": "score", "e": "ev-1", "u": user, "d": "12", "s": "12", "n": "nonce-0000000001",
+        "src": "quest", "q": "1", "ts": fields["ts"],
+    }  # fmt: skip
+    top = await rclient.hgetall(k.top)
+    assert orjson.loads(top[b"d"]) == [[user, 12]] and top[b"v"] == b"1"
+    msg = None
+    for _ in range(10):
+        msg = await pubsub.get_message(timeout=1)
+        if msg and msg["type"] == "message":
+            break
+    assert msg is not None
+    published = orjson.loads(msg["data"])
+    assert published == {
+        "type": "score", "boardId": "b1", "userId": user, "score": 12, "rank": 1,
+        "previousRank": None, "delta": 12, "eventId": "ev-1", "version": 1, "topChanged": True,
+        "ts": published["ts"],
+    }  # fmt: skip
+    await pubsub.aclose()
+
+
+async def test_replay_returns_first_result(rclient: Any) -> None:
+    board = make_board(rclient)
+    user = new_user()
+    await inc(board, user, 5, "n" * 16)
+    with pytest.raises(Replay) as e:
+        await inc(board, user, 7, "n" * 16)
+    assert e.value.original == {"eventId": "ev-" + "n" * 16, "score": 5, "rank": 1}
+    assert await rclient.zscore("sb:{b1}:scores", user) == -5
+    assert await rclient.xlen("sb:{b1}:events") == 1
+
+
+async def test_rate_limited_consumes_nothing(rclient: Any) -> None:
+    board = make_board(rclient, rate=2)
+    user = new_user()
+    await inc(board, user, 1, "a" * 16)
+    await inc(board, user, 1, "b" * 16)
+    with pytest.raises(RateLimited) as e:
+        await inc(board, user, 1, "c" * 16)
+    assert 1 <= e.value.retry_after_s <= 61
+    assert await rclient.exists("sb:{b1}:nonce:" + "c" * 16) == 0
+    assert await rclient.xlen("sb:{b1}:events") == 2
+    await inc(board, new_user(), 1, "d" * 16)  # other users unaffected
+
+
+async def test_score_bound(rclient: Any) -> None:
+    board = make_board(rclient)
+    user = new_user()
+    await inc(board, user, MAX_SCORE, "a" * 16)
+    with pytest.raises(InvalidDelta):
+        await inc(board, user, 1, "b" * 16)
+    low = new_user()
+    await inc(board, low, -MAX_SCORE, "c" * 16)
+    with pytest.raises(InvalidDelta):
+        await inc(board, low, -1, "d" * 16)
+    assert await rclient.exists("sb:{b1}:nonce:" + "b" * 16) == 0
+    entry = await board.user("b1", user)
+    assert entry is not None and entry.score == MAX_SCORE and entry.rank == 1
+    entry = await board.user("b1", low)
+    assert entry is not None and entry.score == -MAX_SCORE and entry.rank == 2
+
+
+async def test_ranks_and_previous_rank(rclient: Any) -> None:
+    board = make_board(rclient)
+    a, b, c = sorted(new_user() for _ in range(3))
+    await inc(board, a, 10, "1" * 16)
+    await inc(board, b, 10, "2" * 16)
+    r = await inc(board, c, 5, "3" * 16)
+    assert r.rank == 3  # type: ignore[attr-defined]
+    r = await inc(board, c, 5, "4" * 16)
+    assert (r.rank, r.previous_rank) == (1, 3)  # type: ignore[attr-defined]
+    r = await inc(board, c, 1, "5" * 16)
+    assert (r.rank, r.previous_rank) == (1, 1)  # type: ignore[attr-defined]
+    _, entries = await board.page("b1", 0, 10)
+    assert [(e.user_id, e.score, e.rank) for e in entries] == [(c, 11, 1), (a, 10, 2), (b, 10, 2)]
+
+
+async def test_top_snapshot_untouched_outside_top_100(rclient: Any) -> None:
+    board = make_board(rclient)
+    users = [new_user() for _ in range(101)]
+    for i, user in enumerate(users):
+        await inc(board, user, 1000 - i, f"{i:016d}")
+    k = keys.BoardKeys("b1")
+    before = await rclient.hgetall(k.top)
+    r = await inc(board, users[100], -5, "x" * 16)
+    assert r.top_changed is False  # type: ignore[attr-defined]
+    assert await rclient.hgetall(k.top) == before
+    r = await inc(board, users[99], 1, "y" * 16)
+    after = await rclient.hgetall(k.top)
+    assert int(after[b"v"]) > int(before[b"v"])
+    assert r.top_changed is False  # type: ignore[attr-defined]  # 100th is outside the top-10
+
+
+async def test_atomic_under_concurrency(rclient: Any) -> None:
+    board = make_board(rclient)
+    user = new_user()
+    results = await asyncio.gather(
+        *(inc(board, user, 3, "same-nonce-000000") for _ in range(20)), return_exceptions=True
+    )
+    assert sum(1 for r in results if not isinstance(r, BaseException)) == 1
+    assert all(isinstance(r, Replay) for r in results if isinstance(r, BaseException))
+    assert await rclient.zscore("sb:{b1}:scores", user) == -3
