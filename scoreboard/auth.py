@@ -13,6 +13,7 @@ from typing import Any
 import jwt
 from jwt.types import Options
 
+from . import jws
 from .config import ConfigError, Settings
 from .errors import InvalidActionToken, InvalidToken
 
@@ -89,19 +90,6 @@ def load_jwks(path: str) -> dict[str, jwt.PyJWK]:
     return keys
 
 
-def _header(token: str, error: type[InvalidToken] | type[InvalidActionToken]) -> dict[str, Any]:
-    if len(token) > MAX_TOKEN_LEN:
-        raise error("token too long", reason="too_long")
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        raise error("token is not a JWT", reason="malformed") from None
-    if "crit" in header:
-        # No extension is understood here, so a token that demands one is refused.
-        raise error("token has a critical header extension", reason="crit")
-    return header
-
-
 def _reason(e: jwt.PyJWTError) -> str:
     if isinstance(e, jwt.ExpiredSignatureError):
         return "expired"
@@ -121,88 +109,97 @@ def _reason(e: jwt.PyJWTError) -> str:
 
 
 class Verifier:
-    """Verifies user JWTs and action tokens with the configured keys."""
+    """Verifies user JWTs and action tokens with the configured keys.
+
+    HS256 tokens go through the lean `jws.HS256` verifier; public-key tokens (selected
+    by `kid` from the JWKS file) through pyjwt with the key's own algorithm pinned.
+    """
 
     def __init__(self, settings: Settings) -> None:
-        self._secret = settings.jwt_secret
-        self._action_secret = settings.action_secret
+        self._user_hs = jws.HS256(settings.jwt_secret) if settings.jwt_secret else None
+        self._action_hs = jws.HS256(settings.action_secret)
         self._jwks = load_jwks(settings.jwt_public_keys) if settings.jwt_public_keys else {}
         self._issuer = settings.jwt_issuer or None
         self._audience = settings.jwt_audience or None
         self._leeway = settings.jwt_leeway_s
         self._max_ttl = settings.action_token_max_ttl_s
         self._cache: dict[str, Principal] = {}
-        self._user_options: Options = {
+        self._public_options: Options = {
             "require": ["exp", "sub"],
             "verify_aud": self._audience is not None,
         }
-        self._action_options: Options = {
-            "require": ["exp", "iat", "sub", "nonce", "delta"],
-            "verify_aud": False,
-        }
 
-    def user(self, token: str) -> Principal:
-        """Verify a user JWT; raises InvalidToken."""
-        cached = self._cache.get(token)
-        now = time.time()
-        if cached is not None:
-            if now <= cached.exp + self._leeway:
-                return cached
-            del self._cache[token]
-        header = _header(token, InvalidToken)
-        key: Any
-        alg = header.get("alg")
-        kid = header.get("kid")
-        jwk = self._jwks.get(kid) if isinstance(kid, str) else None
-        if jwk is not None:
-            if alg != jwk.algorithm_name:
-                raise InvalidToken("token algorithm does not match its key", reason="algorithm")
-            key, algorithms = jwk.key, [jwk.algorithm_name]
-        elif alg == "HS256" and self._secret:
-            key, algorithms = self._secret, ["HS256"]
-        else:
-            raise InvalidToken("token algorithm or key id is not accepted", reason="algorithm")
+    def _public(self, token: str, jwk: jwt.PyJWK, alg: object) -> dict[str, Any]:
+        if alg != jwk.algorithm_name:
+            raise InvalidToken("token algorithm does not match its key", reason="algorithm")
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
-                key,
-                algorithms=algorithms,
-                options=self._user_options,
+                jwk.key,
+                algorithms=[jwk.algorithm_name],
+                options=self._public_options,
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
             )
         except jwt.PyJWTError as e:
             raise InvalidToken(f"token rejected: {e}", reason=_reason(e)) from None
+        return claims
+
+    def _claims(self, token: str) -> dict[str, Any]:
+        if len(token) > MAX_TOKEN_LEN:
+            raise InvalidToken("token too long", reason="too_long")
+        try:
+            if self._jwks:
+                head = jws.header(token)
+                kid = head.get("kid")
+                jwk = self._jwks.get(kid) if isinstance(kid, str) else None
+                if jwk is not None:
+                    if "crit" in head:
+                        raise jws.TokenError("crit", "token has a critical header extension")
+                    return self._public(token, jwk, head.get("alg"))
+            if self._user_hs is None:
+                raise jws.TokenError("algorithm", "token algorithm or key id is not accepted")
+            _, claims = self._user_hs.verify(token)
+            jws.check_times(claims, time.time(), self._leeway)
+            jws.check_issuer_audience(claims, self._issuer, self._audience)
+        except jws.TokenError as e:
+            raise InvalidToken(str(e), reason=e.reason) from None
+        return claims
+
+    def user(self, token: str) -> Principal:
+        """Verify a user JWT; raises InvalidToken. Verified tokens are cached until exp."""
+        cached = self._cache.get(token)
+        if cached is not None:
+            if time.time() <= cached.exp + self._leeway:
+                return cached
+            del self._cache[token]
+        claims = self._claims(token)
         user_id = parse_uuid(claims.get("sub"))
         if user_id is None:
             raise InvalidToken("token sub is not a UUID", reason="sub")
-        exp = claims.get("exp")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
-            raise InvalidToken("token exp is not a number", reason="malformed")
         scope = claims.get("scope")
         scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
-        principal = Principal(user_id, scopes, float(exp))
-        if len(self._cache) >= _CLAIMS_CACHE_MAX:
-            self._cache.clear()
-        self._cache[token] = principal
+        principal = Principal(user_id, scopes, float(claims["exp"]))
+        # A token that is not yet valid (nbf) must not be remembered as valid.
+        if "nbf" not in claims:
+            if len(self._cache) >= _CLAIMS_CACHE_MAX:
+                self._cache.clear()
+            self._cache[token] = principal
         return principal
 
     def action(self, token: str) -> Action:
         """Verify an action token's signature, lifetime and claim types."""
-        header = _header(token, InvalidActionToken)
-        if header.get("alg") != "HS256":
-            raise InvalidActionToken("action token must be HS256", reason="algorithm")
+        if len(token) > MAX_TOKEN_LEN:
+            raise InvalidActionToken("token too long", reason="too_long")
         try:
-            claims = jwt.decode(
-                token,
-                self._action_secret,
-                algorithms=["HS256"],
-                options=self._action_options,
-                leeway=self._leeway,
-            )
-        except jwt.PyJWTError as e:
-            raise InvalidActionToken(f"action token rejected: {e}", reason=_reason(e)) from None
+            _, claims = self._action_hs.verify(token)
+            for name in ("exp", "iat", "sub", "nonce", "delta"):
+                if name not in claims:
+                    raise jws.TokenError("missing_claim", f"action token has no {name}")
+            jws.check_times(claims, time.time(), self._leeway)
+        except jws.TokenError as e:
+            raise InvalidActionToken(f"action token rejected: {e}", reason=e.reason) from None
         iat, exp, delta = claims["iat"], claims["exp"], claims["delta"]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (iat, exp, delta)):
             raise InvalidActionToken("action token iat, exp and delta must be integers")
