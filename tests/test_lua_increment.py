@@ -155,3 +155,13 @@ async def test_atomic_under_concurrency(rclient: Any) -> None:
     assert sum(1 for r in results if not isinstance(r, BaseException)) == 1
     assert all(isinstance(r, Replay) for r in results if isinstance(r, BaseException))
     assert await rclient.zscore("sb:{b1}:scores", user) == -3
+
+
+async def test_noscript_after_script_flush(rclient: Any) -> None:
+    board = make_board(rclient)
+    user = new_user()
+    await inc(board, user, 1, "f" * 16)
+    await rclient.script_flush()
+    results = await asyncio.gather(*(inc(board, user, 1, f"{i:016d}") for i in range(5)))
+    assert len(results) == 5
+    assert await rclient.zscore("sb:{b1}:scores", user) == -6
