@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import time
@@ -264,8 +265,14 @@ def mint_action_token(
 
 
 def event_id(board: str, nonce: str) -> str:
-    """The name-based event id: the same board and nonce always give the same UUID."""
-    return str(uuid.uuid5(_EVENT_NS, f"{board}/{nonce}"))
+    """The name-based (version 5) event id: the same board and nonce give the same UUID."""
+    # uuid.uuid5 without its object overhead; tests compare the two.
+    digest = bytearray(hashlib.sha1(_EVENT_NS_BYTES + f"{board}/{nonce}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-_EVENT_NS = uuid.UUID("6f1c7a53-2d0e-5b8e-9a43-5c0f3e1d2b77")
+EVENT_NAMESPACE = uuid.UUID("6f1c7a53-2d0e-5b8e-9a43-5c0f3e1d2b77")
+_EVENT_NS_BYTES = EVENT_NAMESPACE.bytes

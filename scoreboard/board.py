@@ -176,11 +176,19 @@ class Board:
         self._keys: dict[str, keys.BoardKeys] = {}
         self._registered: set[str] = set()
         # Cluster pipelines route per slot and cannot batch scripts this way.
-        self._batch = (
-            None
-            if isinstance(client, aioredis.RedisCluster)
-            else _Pipeliner(client, self._increment)
-        )
+        cluster = isinstance(client, aioredis.RedisCluster)
+        self._calls = {
+            script: _Pipeliner(client, script)
+            for script in (self._increment, self._page, self._around, self._user)
+            if not cluster
+        }
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
+        """One script call, batched with the others of this event-loop turn when possible."""
+        batch = self._calls.get(script)
+        if batch is not None:
+            return await batch.call(keys, args)
+        return await script(keys=keys, args=args)
 
     def keys(self, board: str) -> keys.BoardKeys:
         k = self._keys.get(board)
@@ -230,10 +238,7 @@ class Board:
                 board,
                 MAX_SCORE,
             ]
-            if self._batch is not None:
-                r = await self._batch.call(script_keys, script_args)
-            else:
-                r = await self._increment(keys=script_keys, args=script_args)
+            r = await self._run(self._increment, script_keys, script_args)
         except rexc.RedisError as e:
             raise _translate(e) from None
         return Increment(
@@ -263,7 +268,7 @@ class Board:
         """(version, entries) of positions offset .. offset + limit - 1."""
         k = self.keys(board)
         try:
-            flat = await self._page(keys=[k.scores, k.top], args=[offset, offset + limit - 1])
+            flat = await self._run(self._page, [k.scores, k.top], [offset, offset + limit - 1])
         except rexc.RedisError as e:
             raise _translate(e) from None
         return int(flat[0]), _triples(flat[1:])
@@ -271,7 +276,7 @@ class Board:
     async def user(self, board: str, user_id: str) -> Entry | None:
         """A user's score and rank, or None."""
         try:
-            r = await self._user(keys=[self.keys(board).scores], args=[user_id])
+            r = await self._run(self._user, [self.keys(board).scores], [user_id])
         except rexc.RedisError as e:
             raise _translate(e) from None
         return Entry(int(r[1]), user_id, int(r[0])) if r else None
@@ -279,7 +284,7 @@ class Board:
     async def around(self, board: str, user_id: str, n: int) -> list[Entry] | None:
         """The user's entry with up to n neighbours on each side, or None."""
         try:
-            flat = await self._around(keys=[self.keys(board).scores], args=[user_id, n])
+            flat = await self._run(self._around, [self.keys(board).scores], [user_id, n])
         except rexc.RedisError as e:
             raise _translate(e) from None
         return _triples(flat) if flat else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -77,9 +79,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self._timers: dict[tuple[str, str, int], Any] = {}
         # Children created up front: every label value shows from the first scrape.
         self.outcome = {o: self.score_updates.labels(outcome=o) for o in OUTCOMES}
         self.cache_hit = self.cache_requests.labels(result="hit")
         self.cache_miss = self.cache_requests.labels(result="miss")
         self.clients_sse = self.stream_clients.labels(transport="sse")
         self.clients_ws = self.stream_clients.labels(transport="ws")
+
+    def request_timer(self, route: str, method: str, status: int) -> Any:
+        """The duration histogram's child for these labels (looked up once, then cached)."""
+        key = (route, method, status)
+        child = self._timers.get(key)
+        if child is None:
+            child = self._timers[key] = self.http_duration.labels(route, method, str(status))
+        return child

@@ -221,3 +221,13 @@ def test_secret_rules() -> None:
         with pytest.raises(ConfigError):
             bad.with_secrets()
     assert new_user()
+
+
+def test_event_id_is_uuid5_of_board_and_nonce() -> None:
+    import uuid
+
+    from scoreboard.auth import EVENT_NAMESPACE, event_id
+
+    for board, nonce in (("global", "n" * 16), ("season-1", "abc_DEF-123" * 5), ("b", "x" * 128)):
+        assert event_id(board, nonce) == str(uuid.uuid5(EVENT_NAMESPACE, f"{board}/{nonce}"))
+    assert event_id("a", "n" * 16) != event_id("b", "n" * 16)

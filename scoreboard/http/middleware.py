@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -36,6 +37,16 @@ _HTTP_CODES = {
 }
 
 
+# Generated ids: a random per-process prefix and a counter (uuid4 per request was ~9 %
+# of a cached read's CPU). 32 hex characters, unique across processes and restarts.
+_ID_PREFIX = secrets.token_hex(6)
+_ID_COUNTER = itertools.count(secrets.randbelow(1 << 40))
+
+
+def _new_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):020x}"
+
+
 def _sane(value: str | None) -> bool:
     return (
         value is not None and 0 < len(value) <= 128 and all(0x21 <= ord(c) <= 0x7E for c in value)
@@ -47,7 +58,7 @@ def request_id(request: web.Request) -> str:
     rid: str | None = request.get(_REQUEST_ID_KEY)
     if rid is None:
         given = request.headers.getall(REQUEST_ID, [])
-        rid = given[0] if len(given) == 1 and _sane(given[0]) else uuid.uuid4().hex
+        rid = given[0] if len(given) == 1 and _sane(given[0]) else _new_id()
         request[_REQUEST_ID_KEY] = rid
     return rid
 
@@ -107,7 +118,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         logger.exception("unhandled error in %s %s", request.method, request.path)
         response = error_response(request, 500, "internal_error", "internal server error")
     metrics: Metrics = request.app[METRICS]
-    metrics.http_duration.labels(_route(request), request.method, str(response.status)).observe(
+    metrics.request_timer(_route(request), request.method, response.status).observe(
         time.perf_counter() - start
     )
     return response
