@@ -215,8 +215,8 @@ def parse_wrk(out: str) -> WrkResult:
     reqs = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    p50 = re.search(r"50%\s+(\S+)", out)
-    p99 = re.search(r"99%\s+(\S+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE)
     if not (reqs and rps and p50 and p99):
         raise RuntimeError(f"could not parse wrk output:\n{out}")
     secs = float(reqs.group(2)) / (1000 if reqs.group(3) == "ms" else 1)

@@ -1,0 +1,72 @@
+"""Latency under fixed load: open-loop increments at 25 %, 50 % and 75 % of the measured max.
+
+    .venv/bin/python bench/latency.py [--seconds 10] [--max-rps N]
+
+Without --max-rps the maximum is measured first with wrk (closed loop, 64 connections).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import (
+    BENCH_DIR,
+    LOAD_CPU,
+    PYTHON,
+    make_requests,
+    md_table,
+    pinned,
+    redis_server,
+    scoreboard_serve,
+    write_results,
+    wrk,
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--max-rps", type=float, default=0, help="skip measuring the maximum")
+    ap.add_argument("--users", type=int, default=10_000)
+    args = ap.parse_args()
+    rows: list[list[Any]] = []
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmpdir, redis_server() as redis_url:
+        tmp = Path(tmpdir)
+        with scoreboard_serve(redis_url) as port:
+            max_rps = args.max_rps
+            if not max_rps:
+                reqs = make_requests(15_000 * 5, args.users, "/scores/increment", tmp / "max.tsv")
+                max_rps = wrk(f"http://127.0.0.1:{port}/scores/increment", 5, 64, reqs).rps
+            print(f"maximum: {max_rps:,.0f} increments/s")
+            for share in (0.25, 0.50, 0.75):
+                rate = max_rps * share
+                n = int(rate * args.seconds) + 10
+                reqs = make_requests(n, args.users, "/scores/increment", tmp / f"open-{share}.tsv")
+                cmd = [PYTHON, str(BENCH_DIR / "openloop.py"), "--port", str(port), "--rate", str(rate),
+                       "--seconds", str(args.seconds), "--requests", str(reqs)]  # fmt: skip
+                out = subprocess.run(
+                    pinned(LOAD_CPU, cmd), capture_output=True, text=True, check=True
+                )
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                r["share_of_max"] = share
+                results.append(r)
+                bad = sum(v for k, v in r["statuses"].items() if not 200 <= int(k) < 300)
+                rows.append([f"{int(share * 100)} %", r["rate"], r["achieved_rps"], r["p50_ms"],
+                             r["p99_ms"], r["p999_ms"], bad])  # fmt: skip
+    table = md_table(
+        ["load", "target/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms", "non-2xx"], rows
+    )
+    print(table)
+    write_results("latency", {"max_rps": max_rps, "runs": results}, table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Run every benchmark scenario in turn (about ten minutes on a 2-core machine).
+
+    .venv/bin/python bench/run_all.py [--quick]
+
+Each scenario also runs alone: see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from common import BENCH_DIR, PYTHON
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="shorter runs and smaller boards")
+    args = ap.parse_args()
+    q = args.quick
+    scenarios: list[list[str]] = [
+        ["throughput.py", "--seconds", "5" if q else "10", "--rounds", "1" if q else "2"],
+        ["latency.py", "--seconds", "5" if q else "10"],
+        ["boardsize.py", "--sizes", "1000,100000" if q else "1000,1000000,10000000"],
+        ["limit.py", "--requests", "50000" if q else "200000"],
+    ]
+    for extra in ("sink.py", "fanout.py"):
+        if (BENCH_DIR / extra).exists():
+            scenarios.append([extra, *(["--quick"] if q else [])])
+    for scenario in scenarios:
+        print(f"== {' '.join(scenario)}", flush=True)
+        start = time.monotonic()
+        result = subprocess.run(
+            [PYTHON, str(BENCH_DIR / scenario[0]), *scenario[1:]], cwd=BENCH_DIR
+        )
+        print(
+            f"== {scenario[0]}: exit {result.returncode} in {time.monotonic() - start:.0f} s",
+            flush=True,
+        )
+        if result.returncode:
+            sys.exit(result.returncode)
+
+
+if __name__ == "__main__":
+    main()
