@@ -51,6 +51,15 @@ class Increment:
 
 
 @dataclass(frozen=True, slots=True)
+class Erased:
+    """What erasing a user did: the board's top version after it, and whether the top-10 moved."""
+
+    version: int
+    seq: int
+    top_changed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     rank: int
     user_id: str
@@ -173,6 +182,7 @@ class Board:
         self._page: AsyncScript = client.register_script(load_lua("page"))
         self._around: AsyncScript = client.register_script(load_lua("around"))
         self._user: AsyncScript = client.register_script(load_lua("user"))
+        self._erase: AsyncScript = client.register_script(load_lua("erase"))
         self._keys: dict[str, keys.BoardKeys] = {}
         self._registered: set[str] = set()
         # Cluster pipelines route per slot and cannot batch scripts this way.
@@ -288,6 +298,20 @@ class Board:
         except rexc.RedisError as e:
             raise _translate(e) from None
         return _triples(flat) if flat else None
+
+    async def erase(self, board: str, user_id: str) -> Erased | None:
+        """Remove a user from the live board and log the erasure for the sink; None if absent."""
+        k = self.keys(board)
+        try:
+            r = await self._erase(
+                keys=[k.scores, k.top, k.seq, k.events],
+                args=[user_id, int(time.time() * 1000), keys.channel(board), board],
+            )
+        except rexc.RedisError as e:
+            raise _translate(e) from None
+        if not int(r[0]):
+            return None
+        return Erased(version=int(r[1]), seq=int(r[2]), top_changed=bool(r[3]))
 
     def pubsub_client(self) -> Any:
         """The client whose `pubsub()` sees every board's channel."""

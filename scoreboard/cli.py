@@ -67,6 +67,61 @@ def _action_token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _needs_redis(settings: Settings, command: str) -> None:
+    if settings.embedded_redis:
+        raise ConfigError(
+            f"scoreboard {command} needs SCOREBOARD_REDIS_URL: the embedded Redis lives inside "
+            "`scoreboard serve`, which persists it with its own sink and reloads it at startup"
+        )
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from .sink import SinkOptions
+    from .worker import worker
+
+    _needs_redis(settings, "worker")
+    options = SinkOptions(
+        batch_size=args.batch_size, block_ms=args.block_ms, claim_idle_ms=args.claim_idle_ms
+    )
+    return worker(settings, options, args.metrics_port)
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .worker import run_migrate
+
+    return asyncio.run(run_migrate(settings, sys.stdout))
+
+
+def _reseed(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .persist.progress import Progress
+    from .worker import run_reseed
+
+    _needs_redis(settings, "reseed")
+    progress = Progress(sys.stderr, tty=False if args.no_progress_bar else None)
+    return asyncio.run(run_reseed(settings, args.board, progress, sys.stdout))
+
+
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .worker import run_verify
+
+    _needs_redis(settings, "verify")
+    return asyncio.run(run_verify(settings, args.board, args.wait, sys.stdout))
+
+
+def _board_arg(value: str) -> str:
+    from .keys import BOARD_ID_RE
+
+    if not BOARD_ID_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError("a board id is 1-64 characters of a-z, 0-9, _ and -")
+    return value
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     parser = argparse.ArgumentParser(
         prog="scoreboard",
@@ -90,6 +145,36 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--delta", type=int, required=True, help="the points of the action")
     p.add_argument("--action", default=auth.DEFAULT_ACTION, help='action type ("bonus" …)')
     p.add_argument("--ttl", type=int, default=None, help="lifetime in seconds (default: max)")
+    add("migrate", _migrate, "create or update the database schema (idempotent)")
+    p = add("worker", _worker, "run the persistence sink alone: Redis Streams -> database")
+    p.add_argument("--batch-size", type=int, default=500, help="entries per transaction")
+    p.add_argument("--block-ms", type=int, default=1000, help="longest wait for new entries")
+    p.add_argument(
+        "--claim-idle-ms",
+        type=int,
+        default=30_000,
+        help="take over entries another consumer left pending this long (default 30000)",
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=0, help="serve /metrics and /healthz here (0 = off)"
+    )
+    p = add("reseed", _reseed, "rebuild the live boards in Redis from the database")
+    p.add_argument(
+        "--board", action="append", type=_board_arg, default=[], help="only this board (repeatable)"
+    )
+    p.add_argument(
+        "--no-progress-bar", action="store_true", help="plain progress lines even on a terminal"
+    )
+    p = add("verify", _verify, "compare Redis and the database; exit 0 when they agree, 1 if not")
+    p.add_argument(
+        "--board", action="append", type=_board_arg, default=[], help="only this board (repeatable)"
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the sink to drain before comparing (default 30)",
+    )
     return parser, commands
 
 
@@ -99,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = settings_from(args)
-        if args.command != "migrate":
+        # The durable side's commands sign and verify nothing: no secrets needed.
+        if args.command not in ("migrate", "worker", "reseed", "verify"):
             settings = settings.with_secrets()
         return commands[args.command](settings, args)
     except ConfigError as e:

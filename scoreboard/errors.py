@@ -120,3 +120,11 @@ class StoreUnavailable(ScoreboardError):
     status = 500
     code = "store_unavailable"
     outcome = "error"
+
+
+class DatabaseUnavailable(ScoreboardError):
+    """The durable store (PostgreSQL or SQLite) is unreachable or failing."""
+
+    status = 503
+    code = "database_unavailable"
+    outcome = "error"

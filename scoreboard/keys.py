@@ -35,7 +35,17 @@ def board_of_channel(name: str) -> str | None:
 class BoardKeys:
     """The keys of one board."""
 
-    __slots__ = ("board", "events", "nonce_prefix", "rate_prefix", "scores", "seq", "tag", "top")
+    __slots__ = (
+        "board",
+        "events",
+        "nonce_prefix",
+        "rate_prefix",
+        "reseeding",
+        "scores",
+        "seq",
+        "tag",
+        "top",
+    )
 
     def __init__(self, board: str) -> None:
         self.board = board
@@ -46,9 +56,15 @@ class BoardKeys:
         self.events = f"{self.tag}:events"
         self.nonce_prefix = f"{self.tag}:nonce:"
         self.rate_prefix = f"{self.tag}:rate:"
+        # Set while `scoreboard reseed` rebuilds the board: the sink does not trim meanwhile.
+        self.reseeding = f"{self.tag}:reseeding"
 
     def nonce(self, nonce: str) -> str:
         return self.nonce_prefix + nonce
 
     def rate(self, user_id: str, window: int) -> str:
         return f"{self.rate_prefix}{user_id}:{window}"
+
+    def reseed_scores(self, token: str) -> str:
+        """The sorted set a reseed builds before swapping it in (same slot as `scores`)."""
+        return f"{self.scores}:reseed:{token}"

@@ -15,7 +15,8 @@ from ..board import Board
 from ..config import Settings
 from ..hub import Hub
 from ..metrics import Metrics
-from . import ops, scores
+from . import admin, ops, scores
+from .durability import durability_ctx
 from .middleware import middleware, on_prepare
 from .state import BOARD, HUB, METRICS, SETTINGS, VERIFIER
 
@@ -69,10 +70,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     app[VERIFIER] = Verifier(settings)
     app.on_response_prepare.append(on_prepare)
     app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(durability_ctx)
     app.cleanup_ctx.append(_hub_ctx)
     for prefix in ("", "/boards/{boardId}"):
         scores.add_routes(app, prefix)
     ops.add_routes(app)
     for prefix in ("", "/boards/{boardId}"):
         scores.add_user_routes(app, prefix)
+        admin.add_routes(app, prefix)
     return app

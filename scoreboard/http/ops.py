@@ -8,9 +8,9 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..errors import ScoreboardError
+from ..errors import DatabaseUnavailable, ScoreboardError
 from .scores import json_response
-from .state import BOARD, METRICS
+from .state import BOARD, METRICS, STORE
 
 READY_TIMEOUT_S = 1.0
 
@@ -30,6 +30,13 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.wait_for(request.app[BOARD].ping(), READY_TIMEOUT_S)
     except (ScoreboardError, TimeoutError) as e:
         status["redis"] = str(e) or "timeout"
+    store = request.app.get(STORE)
+    try:
+        if store is None:
+            raise DatabaseUnavailable("not configured")
+        await asyncio.wait_for(store.ping(), READY_TIMEOUT_S)
+    except (ScoreboardError, TimeoutError) as e:
+        status["database"] = str(e) or "timeout"
     ok = all(v == "ok" for v in status.values())
     return json_response(orjson.dumps(status), status=200 if ok else 503)
 

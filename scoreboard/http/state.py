@@ -9,9 +9,13 @@ from ..board import Board
 from ..config import Settings
 from ..hub import Hub
 from ..metrics import Metrics
+from ..persist.base import Store
+from ..sink import Sink
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 VERIFIER = web.AppKey("verifier", Verifier)
 BOARD = web.AppKey("board", Board)
 HUB = web.AppKey("hub", Hub)
+STORE = web.AppKey("store", Store)
+SINK = web.AppKey("sink", Sink)

@@ -76,7 +76,7 @@ if limit > 0 then
 end
 
 redis.call('XADD', KEYS[6], '*',
-  'k', 'score', 'e', ARGV[4], 'u', user, 'd', ARGV[2], 's', score_s,
+  'k', 'score', 'e', ARGV[4], 'u', user, 'd', ARGV[2], 's', score_s, 'r', rank_s,
   'n', ARGV[3], 'src', ARGV[9], 'q', seq, 'ts', now)
 
 local prev_s = 'null'
