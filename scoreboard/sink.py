@@ -58,6 +58,8 @@ class SinkOptions:
     housekeeping_every_s: float = 0.5
     retry_max_s: float = 5.0
     consumer: str = ""
+    # Loops (consumers) per board in this process: one parses while another writes.
+    lanes: int = 2
     # Boards drained besides those listed in `keys.BOARDS_KEY`.
     boards: tuple[str, ...] = (keys.GLOBAL_BOARD,)
 
@@ -71,6 +73,15 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _field(fields: dict[Any, Any], name: bytes) -> str:
+    value = fields.get(name)
+    if value is None:
+        value = fields.get(name.decode())  # a client decoding responses gives str keys
+        if value is None:
+            raise KeyError(name.decode())
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def parse_entries(board: str, entries: Iterable[tuple[Any, Any]]) -> tuple[Batch, list[Any], int]:
     """(batch, every entry id, malformed entries skipped) of XREADGROUP entries.
 
@@ -80,34 +91,35 @@ def parse_entries(board: str, entries: Iterable[tuple[Any, Any]]) -> tuple[Batch
     batch = Batch(board)
     ids: list[Any] = []
     bad = 0
-    for entry_id, fields in entries:
+    for entry_id, f in entries:
         ids.append(entry_id)
-        if not fields:
+        if not f:
             continue  # deleted from the stream while pending
-        f = {_text(k): _text(v) for k, v in fields.items()}
         try:
-            kind = f.get("k")
+            kind = _field(f, b"k")
             if kind == "score":
-                rank = f.get("r")
-                if parse_uuid(f["e"]) is None or parse_uuid(f["u"]) is None:
-                    raise ValueError("event or user id is not a UUID")
+                event_id, user = _field(f, b"e"), _field(f, b"u")
+                if parse_uuid(event_id) != event_id or parse_uuid(user) != user:
+                    raise ValueError("event or user id is not a canonical UUID")
+                rank = f.get(b"r", f.get("r"))
                 batch.events.append(
                     Event(
-                        id=f["e"],
-                        user_id=f["u"],
-                        delta=int(f["d"]),
-                        nonce=f["n"],
-                        source=f["src"],
-                        score=int(f["s"]),
+                        id=event_id,
+                        user_id=user,
+                        delta=int(_field(f, b"d")),
+                        nonce=_field(f, b"n"),
+                        source=_field(f, b"src"),
+                        score=int(_field(f, b"s")),
                         rank=int(rank) if rank is not None else None,
-                        seq=int(f["q"]),
-                        ts_ms=int(f["ts"]),
+                        seq=int(_field(f, b"q")),
+                        ts_ms=int(_field(f, b"ts")),
                     )
                 )
             elif kind == "erase":
-                if parse_uuid(f["u"]) is None:
-                    raise ValueError("user id is not a UUID")
-                batch.erasures.append(Erasure(f["u"], int(f["q"]), int(f["ts"])))
+                user = _field(f, b"u")
+                if parse_uuid(user) != user:
+                    raise ValueError("user id is not a canonical UUID")
+                batch.erasures.append(Erasure(user, int(_field(f, b"q")), int(_field(f, b"ts"))))
             else:
                 raise ValueError(f"unknown kind {kind!r}")
         except (KeyError, ValueError) as e:
@@ -162,7 +174,7 @@ class Sink:
         self.committed = 0
         self.redelivered = 0
         self._lags: dict[str, int] = {}
-        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._loops: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
         self._schema_ready = False
         self._schema_lock = asyncio.Lock()
@@ -195,10 +207,12 @@ class Sink:
                     boards = await known_boards(self.client, self.options.boards)
                 except (rexc.RedisError, OSError):
                     boards = set(self.options.boards)
-                for board in sorted(boards - self._loops.keys()):
-                    self._loops[board] = asyncio.create_task(
-                        self._board_loop(board), name=f"scoreboard-sink-{board}"
-                    )
+                for board in sorted(boards):
+                    for lane in range(max(1, self.options.lanes)):
+                        if (board, lane) not in self._loops:
+                            self._loops[board, lane] = asyncio.create_task(
+                                self._board_loop(board, lane), name=f"scoreboard-sink-{board}"
+                            )
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.options.boards_every_s)
             await asyncio.gather(*self._loops.values(), return_exceptions=True)
@@ -236,8 +250,8 @@ class Sink:
 
     # -- one board -----------------------------------------------------------------
 
-    async def _board_loop(self, board: str) -> None:
-        loop = _BoardLoop(self, board)
+    async def _board_loop(self, board: str, lane: int) -> None:
+        loop = _BoardLoop(self, board, f"{self.consumer}-{lane}")
         backoff = 0.1
         while not self.stopping:
             try:
@@ -325,9 +339,10 @@ class Sink:
 class _BoardLoop:
     """The state of one board's loop inside a sink."""
 
-    def __init__(self, sink: Sink, board: str) -> None:
+    def __init__(self, sink: Sink, board: str, consumer: str) -> None:
         self.sink = sink
         self.board = board
+        self.consumer = consumer
         self.k = keys.BoardKeys(board)
         self.group_ready = False
         # Our own unacknowledged entries (after a Redis error) are read again first.
@@ -342,7 +357,7 @@ class _BoardLoop:
             await self._ensure_group()
         if self.recover_own:
             got = await client.xreadgroup(
-                keys.SINK_GROUP, sink.consumer, {self.k.events: "0"}, count=o.batch_size
+                keys.SINK_GROUP, self.consumer, {self.k.events: "0"}, count=o.batch_size
             )
             entries = got[0][1] if got else []
             if entries:
@@ -356,7 +371,7 @@ class _BoardLoop:
                 return
         got = await client.xreadgroup(
             keys.SINK_GROUP,
-            sink.consumer,
+            self.consumer,
             {self.k.events: ">"},
             count=o.batch_size,
             block=o.block_ms,
@@ -392,7 +407,7 @@ class _BoardLoop:
             reply = await sink.client.xautoclaim(
                 self.k.events,
                 keys.SINK_GROUP,
-                sink.consumer,
+                self.consumer,
                 o.claim_idle_ms,
                 start_id=start,
                 count=o.batch_size,
@@ -403,7 +418,7 @@ class _BoardLoop:
                 logs.event(
                     logger,
                     "claimed stale entries",
-                    {"board": self.board, "entries": len(entries), "consumer": sink.consumer},
+                    {"board": self.board, "entries": len(entries), "consumer": self.consumer},
                 )
                 await self._handle(entries, redelivered=True)
             if start in (_ZERO, "0-0"):
@@ -419,7 +434,8 @@ class _BoardLoop:
         consumers = await sink.client.xinfo_consumers(self.k.events, keys.SINK_GROUP)
         for c in consumers:
             name = _text(c["name"])
-            if name != sink.consumer and int(c["pending"]) == 0 and int(c["idle"]) > idle_limit:
+            mine = name.startswith(sink.consumer + "-")
+            if not mine and int(c["pending"]) == 0 and int(c["idle"]) > idle_limit:
                 await sink.client.xgroup_delconsumer(self.k.events, keys.SINK_GROUP, name)
 
     async def keep_claimed(self, ids: list[Any]) -> None:
@@ -427,7 +443,7 @@ class _BoardLoop:
         if ids:
             with suppress(rexc.RedisError, OSError):
                 await self.sink.client.xclaim(
-                    self.k.events, keys.SINK_GROUP, self.sink.consumer, 0, ids, justid=True
+                    self.k.events, keys.SINK_GROUP, self.consumer, 0, ids, justid=True
                 )
 
     async def _housekeeping(self) -> None:

@@ -17,7 +17,6 @@ the result is the same.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -72,8 +71,11 @@ class NonceRow:
 
 
 def user_key(user_id: str) -> bytes:
-    """The tombstone key of an erased user: a hash, so the erasure keeps no identity."""
-    return hashlib.sha256(uuid.UUID(user_id).bytes).digest()
+    """The tombstone key of an erased user: a hash, so the erasure keeps no identity.
+
+    `user_id` is the canonical (lowercase) UUID text, as every layer passes it.
+    """
+    return hashlib.sha256(user_id.encode()).digest()
 
 
 @dataclass(slots=True)

@@ -78,36 +78,41 @@ _MS = "(extract(epoch from {}) * 1000)::int8"
 _LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(%s, hashtext(%s))"
 _LOCK_EXCLUSIVE = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
 
+# Arrays go in binary (%b): no text quoting of every element on either side.
 _ERASE_TOMBSTONES = f"""
 INSERT INTO score_erasures (board_id, user_key, version, erased_at)
-SELECT %s, k, v, {_TS.format("ts")} FROM unnest(%s::bytea[], %s::int8[], %s::int8[]) AS t(k, v, ts)
+SELECT %b, k, v, {_TS.format("ts")} FROM unnest(%b::bytea[], %b::int8[], %b::int8[]) AS t(k, v, ts)
 ON CONFLICT (board_id, user_key) DO UPDATE
     SET version = EXCLUDED.version, erased_at = EXCLUDED.erased_at
     WHERE score_erasures.version < EXCLUDED.version
 """
 _ERASE_SCORES = """
-DELETE FROM user_scores s USING unnest(%s::uuid[], %s::int8[]) AS t(u, v)
-WHERE s.board_id = %s AND s.user_id = t.u AND s.version < t.v
+DELETE FROM user_scores s USING unnest(%b::uuid[], %b::int8[]) AS t(u, v)
+WHERE s.board_id = %b AND s.user_id = t.u AND s.version < t.v
 """
 _ERASE_EVENTS = """
-UPDATE score_events e SET user_id = NULL FROM unnest(%s::uuid[], %s::int8[]) AS t(u, v)
-WHERE e.board_id = %s AND e.user_id = t.u AND e.seq < t.v
+UPDATE score_events e SET user_id = NULL FROM unnest(%b::uuid[], %b::int8[]) AS t(u, v)
+WHERE e.board_id = %b AND e.user_id = t.u AND e.seq < t.v
 """
-_TOMBSTONES = """
-SELECT user_key, version FROM score_erasures WHERE board_id = %s AND user_key = ANY(%s::bytea[])
-"""
+# An event older than its user's erasure is stored without the user id; the
+# tombstones of this batch are already written (same transaction, earlier statement).
 _INSERT_EVENTS = f"""
 INSERT INTO score_events
     (id, board_id, user_id, delta, nonce, source, score_after, created_at, seq, rank_after)
-SELECT id, %s, u, d, n, src, s, {_TS.format("ts")}, q, r
-FROM unnest(%s::uuid[], %s::uuid[], %s::int8[], %s::text[], %s::text[], %s::int8[],
-            %s::int8[], %s::int8[], %s::int8[]) AS t(id, u, d, n, src, s, ts, q, r)
+SELECT t.id, %b, CASE WHEN x.version >= t.q THEN NULL ELSE t.u END, t.d, t.n, t.src, t.s,
+       {_TS.format("t.ts")}, t.q, t.r
+FROM unnest(%b::uuid[], %b::uuid[], %b::bytea[], %b::int8[], %b::text[], %b::text[],
+            %b::int8[], %b::int8[], %b::int8[], %b::int8[]) AS t(id, u, k, d, n, src, s, ts, q, r)
+LEFT JOIN score_erasures x ON x.board_id = %b AND x.user_key = t.k
 ON CONFLICT (id) DO NOTHING
 """
 _UPSERT_SCORES = f"""
 INSERT INTO user_scores (board_id, user_id, score, updated_at, version)
-SELECT %s, u, s, {_TS.format("ts")}, v FROM unnest(%s::uuid[], %s::int8[], %s::int8[], %s::int8[])
-    AS t(u, s, ts, v)
+SELECT %b, t.u, t.s, {_TS.format("t.ts")}, t.v
+FROM unnest(%b::uuid[], %b::bytea[], %b::int8[], %b::int8[], %b::int8[]) AS t(u, k, s, ts, v)
+WHERE NOT EXISTS (
+    SELECT 1 FROM score_erasures x WHERE x.board_id = %b AND x.user_key = t.k AND x.version >= t.v
+)
 ON CONFLICT (board_id, user_id) DO UPDATE
     SET score = EXCLUDED.score, updated_at = EXCLUDED.updated_at, version = EXCLUDED.version
     WHERE user_scores.version < EXCLUDED.version
@@ -194,8 +199,14 @@ class PostgresStore(Store):
     async def write(self, batch: Batch) -> None:
         board = batch.board
         erasures = batch.newest_erasures()
-        users = batch.event_users()
-        async with self._conn() as conn, conn.transaction():
+        # Erasures of this batch resolved here; stored ones by the statements' joins.
+        events, rows = batch.resolve({e.user_id: e.seq for e in erasures})
+        keys: dict[str, bytes] = {}
+        for e in events:
+            if e.user_id is not None and e.user_id not in keys:
+                keys[e.user_id] = user_key(e.user_id)
+        # One round trip for the whole transaction: every statement is pipelined.
+        async with self._conn() as conn, conn.pipeline(), conn.transaction():
             # Batches of a board run side by side under the shared lock; an erasure
             # waits for them and holds later ones off, so no event of the erased
             # user can commit around it un-anonymised.
@@ -203,15 +214,6 @@ class PostgresStore(Store):
             await conn.execute(lock, (LOCK_CLASS, board))
             if erasures:
                 await _erase(conn, board, erasures)
-            tombstones: dict[str, int] = {}
-            if users:
-                keys = {user_key(u): u for u in users}
-                cur = await conn.execute(_TOMBSTONES, (board, list(keys)))
-                for key, version in await cur.fetchall():
-                    tombstones[keys[bytes(key)]] = int(version)
-            for e in erasures:
-                tombstones[e.user_id] = max(tombstones.get(e.user_id, -1), e.seq)
-            events, rows = batch.resolve(tombstones)
             if events:
                 await conn.execute(
                     _INSERT_EVENTS,
@@ -219,6 +221,7 @@ class PostgresStore(Store):
                         board,
                         [e.id for e in events],
                         [e.user_id for e in events],
+                        [keys.get(e.user_id or "", b"") for e in events],
                         [e.delta for e in events],
                         [e.nonce for e in events],
                         [e.source for e in events],
@@ -226,6 +229,7 @@ class PostgresStore(Store):
                         [e.ts_ms for e in events],
                         [e.seq for e in events],
                         [e.rank for e in events],
+                        board,
                     ),
                 )
             if rows:
@@ -234,9 +238,11 @@ class PostgresStore(Store):
                     (
                         board,
                         [r.user_id for r in rows],
+                        [keys[r.user_id] for r in rows],
                         [r.score for r in rows],
                         [r.ts_ms for r in rows],
                         [r.version for r in rows],
+                        board,
                     ),
                 )
 
