@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +151,11 @@ async def test_scores_only_move_to_a_higher_version(store: Store) -> None:
     # An older batch arriving late (a claimed entry) leaves the row alone but logs the event.
     await store.write(Batch(BOARD, [ev(u, 3, 10, 30)]))
     assert await scores(store) == {u: (50, 5)}
-    await store.write(Batch(BOARD, [ev(u, 6, 1, 51), ev(u, 7, 1, 52)]))
+    # An entry logged without a rank (older releases) is stored with a NULL rank.
+    await store.write(Batch(BOARD, [ev(u, 6, 1, 51), replace(ev(u, 7, 1, 52), rank=None)]))
     assert await scores(store) == {u: (52, 7)}
     assert len((await dump(store))["score_events"]) == 4
+    assert sum("None" in row for row in (await dump(store))["score_events"]) == 1
 
 
 async def test_erasure_anonymises_and_wins_over_late_events(store: Store) -> None:
