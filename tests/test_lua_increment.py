@@ -54,8 +54,8 @@ async def test_ok_writes_everything(rclient: Any) -> None:
     assert len(entries) == 1
     fields = {a.decode(): b.decode() for a, b in entries[0][1].items()}
     assert fields == {
-        "k": "score", "e": "ev-1", "u": user, "d": "12", "s": "12", "n": "nonce-0000000001",
-        "src": "quest", "q": "1", "ts": fields["ts"],
+        "k": "score", "e": "ev-1", "u": user, "d": "12", "s": "12", "r": "1",
+        "n": "nonce-0000000001", "src": "quest", "q": "1", "ts": fields["ts"],
     }  # fmt: skip
     top = await rclient.hgetall(k.top)
     assert orjson.loads(top[b"d"]) == [[user, 12]] and top[b"v"] == b"1"
