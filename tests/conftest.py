@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,7 +22,7 @@ from aiohttp.test_utils import TestClient
 from scoreboard.config import Settings
 from scoreboard.http.app import create_app
 
-from .servers import base_servers
+from .servers import RedisServer, base_servers
 
 JWT_SECRET = "test-jwt-secret-" + "j" * 32
 ACTION_SECRET = "test-action-secret-" + "a" * 32
@@ -35,23 +37,62 @@ def servers() -> Iterator[tuple[str, str]]:
         yield urls
 
 
-@pytest.fixture(scope="session")
-def redis_db_url(servers: tuple[str, str]) -> Iterator[str]:
-    """A Redis db number of this session's own: claimed while empty, flushed when done."""
-    base = servers[0]
-    token = f"{uuid.uuid4()}"
+CLAIM_TTL_S = 600
+
+
+def _claim_is_stale(client: redis.Redis) -> bool:
+    """A claim left by a test run that is gone: its process is dead, or it stopped refreshing."""
+    value = client.get(CLAIM_KEY)
+    if value is None:
+        return False
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    host, _, rest = text.partition(":")
+    pid, _, _ = rest.partition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    # Claims of another form are refreshed by every test of a live run.
+    ttl = client.ttl(CLAIM_KEY)
+    return 0 <= ttl < 3000
+
+
+def _claim(base: str, token: str) -> str | None:
     for db in range(15, 0, -1):
         client = redis.Redis.from_url(f"{base}/{db}")
         try:
-            if client.dbsize() == 0 and client.set(CLAIM_KEY, token, nx=True, ex=3600):
-                try:
-                    yield f"{base}/{db}"
-                finally:
-                    client.flushdb()
-                return
+            if client.dbsize() > 0 and _claim_is_stale(client):
+                client.flushdb()
+            if client.dbsize() == 0 and client.set(CLAIM_KEY, token, nx=True, ex=CLAIM_TTL_S):
+                return f"{base}/{db}"
         finally:
             client.close()
-    raise RuntimeError("no empty Redis db number (1-15) to run the tests in")
+    return None
+
+
+@pytest.fixture(scope="session")
+def redis_db_url(servers: tuple[str, str]) -> Iterator[str]:
+    """A Redis db number of this session's own: an empty (or stale) one, claimed, flushed
+    when done. When every db of the shared server is taken, a throwaway server instead."""
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4()}"
+    url = _claim(servers[0], token)
+    if url is None:
+        server = RedisServer().start()
+        try:
+            yield f"{server.url.rsplit('/', 1)[0]}/1"
+        finally:
+            server.cleanup()
+        return
+    client = redis.Redis.from_url(url)
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
 
 
 @pytest.fixture
@@ -62,7 +103,8 @@ def redis_url(redis_db_url: str) -> Iterator[str]:
 
     def reset() -> None:
         client.flushdb()
-        client.set(CLAIM_KEY, claim or b"", ex=3600)
+        if claim is not None:
+            client.set(CLAIM_KEY, claim, ex=CLAIM_TTL_S)
 
     reset()
     try:
