@@ -26,6 +26,7 @@ TOP_SIZE = 100
 # app servers cannot open a replay window.
 NONCE_MARGIN_S = 60
 RATE_WINDOW_MS = 60_000
+REGISTER_EVERY_S = 10.0
 
 RedisClient = Any  # redis.asyncio.Redis or redis.asyncio.RedisCluster
 
@@ -184,7 +185,9 @@ class Board:
         self._user: AsyncScript = client.register_script(load_lua("user"))
         self._erase: AsyncScript = client.register_script(load_lua("erase"))
         self._keys: dict[str, keys.BoardKeys] = {}
-        self._registered: set[str] = set()
+        # Board -> when it was last added to the board set. Re-added now and then, so a
+        # Redis that lost its data lists the board again for the sink within seconds.
+        self._registered: dict[str, float] = {}
         # Cluster pipelines route per slot and cannot batch scripts this way.
         cluster = isinstance(client, aioredis.RedisCluster)
         self._calls = {
@@ -223,9 +226,10 @@ class Board:
         window = now_ms // RATE_WINDOW_MS
         window_left_ms = RATE_WINDOW_MS - now_ms % RATE_WINDOW_MS
         try:
-            if board not in self._registered:
+            now = time.monotonic()
+            if now - self._registered.get(board, -REGISTER_EVERY_S) >= REGISTER_EVERY_S:
                 await self.client.sadd(keys.BOARDS_KEY, board)
-                self._registered.add(board)
+                self._registered[board] = now
             script_keys = [
                 k.scores,
                 k.top,

@@ -165,3 +165,19 @@ async def test_noscript_after_script_flush(rclient: Any) -> None:
     results = await asyncio.gather(*(inc(board, user, 1, f"{i:016d}") for i in range(5)))
     assert len(results) == 5
     assert await rclient.zscore("sb:{b1}:scores", user) == -6
+
+
+async def test_board_set_heals_after_data_loss(
+    rclient: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scoreboard import board as board_mod
+
+    board = make_board(rclient)
+    await inc(board, new_user(), 1, "g" * 16, name="healing")
+    assert await rclient.smembers(keys.BOARDS_KEY) == {b"healing"}
+    await rclient.delete(keys.BOARDS_KEY)
+    await inc(board, new_user(), 1, "h" * 16, name="healing")
+    assert await rclient.smembers(keys.BOARDS_KEY) == set()  # remembered for a while
+    monkeypatch.setattr(board_mod, "REGISTER_EVERY_S", 0.0)
+    await inc(board, new_user(), 1, "i" * 16, name="healing")
+    assert await rclient.smembers(keys.BOARDS_KEY) == {b"healing"}
