@@ -328,6 +328,39 @@ class Board:
             raise _translate(e) from None
 
 
+_PACKING: dict[type[Any], type[Any]] = {}
+
+
+def hiredis_packing(cls: type[Any]) -> type[Any]:
+    """`cls` with commands packed by hiredis's C packer.
+
+    redis.asyncio packs every command in Python (about 20 µs for an increment's 21
+    arguments); hiredis packs the same bytes in a few µs. Without hiredis, `cls` as is.
+    """
+    try:
+        import hiredis
+    except ImportError:  # pragma: no cover - hiredis is a dependency
+        return cls
+    if not hasattr(hiredis, "pack_command"):  # pragma: no cover - hiredis < 2.1
+        return cls
+    packed = _PACKING.get(cls)
+    if packed is None:
+
+        def pack_command(self: Any, *args: Any) -> list[bytes]:
+            first = args[0]
+            # Multi-word command names ("SCRIPT LOAD") go to Redis as separate words.
+            if isinstance(first, str) and " " in first:
+                args = (*first.split(), *args[1:])
+            elif isinstance(first, bytes) and b" " in first:
+                args = (*first.split(), *args[1:])
+            return [hiredis.pack_command(args)]
+
+        packed = _PACKING[cls] = type(
+            f"Hiredis{cls.__name__}", (cls,), {"pack_command": pack_command}
+        )
+    return packed
+
+
 def connect(url: str, *, cluster: bool = False) -> RedisClient:
     """A Redis client for the URL (no I/O yet)."""
     common: dict[str, Any] = {
@@ -338,4 +371,5 @@ def connect(url: str, *, cluster: bool = False) -> RedisClient:
     if cluster:
         return aioredis.RedisCluster.from_url(url, **common)
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=128, timeout=5, **common)
+    pool.connection_class = hiredis_packing(pool.connection_class)
     return aioredis.Redis.from_pool(pool)
