@@ -197,10 +197,11 @@ def wrk(
     env = dict(os.environ)
     if requests_file is not None:
         env["SB_REQUESTS"] = str(requests_file)
-    out = subprocess.run(
-        pinned(cpu, cmd), capture_output=True, text=True, env=env, check=True
-    ).stdout
-    return parse_wrk(out)
+    proc = subprocess.run(pinned(cpu, cmd), capture_output=True, text=True, env=env, check=True)
+    result = parse_wrk(proc.stdout)
+    if result.non2xx:
+        print(f"  {url}: {result.non2xx} non-2xx, e.g.:\n{proc.stderr[:600]}", file=sys.stderr)
+    return result
 
 
 def _ms(text: str) -> float:
