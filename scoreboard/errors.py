@@ -21,6 +21,11 @@ class ScoreboardError(Exception):
         """Fields added to the error body beyond error/message/requestId."""
         return {}
 
+    def auth_reason(self) -> str | None:
+        """The `scoreboard_auth_failures_total` reason of an authentication or
+        authorization failure; None for every other error."""
+        return None
+
 
 class InvalidToken(ScoreboardError):
     status = 401
@@ -30,6 +35,9 @@ class InvalidToken(ScoreboardError):
     def __init__(self, message: str, *, reason: str = "invalid") -> None:
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         self.reason = reason
+
+    def auth_reason(self) -> str:
+        return self.reason
 
 
 class PayloadTooLarge(ScoreboardError):
@@ -59,11 +67,22 @@ class InvalidActionToken(ScoreboardError):
         super().__init__(message)
         self.reason = reason
 
+    def auth_reason(self) -> str:
+        # Prefixed: an expired action token and an expired user JWT are different alarms.
+        return "action_" + self.reason
+
 
 class Forbidden(ScoreboardError):
     status = 403
     code = "forbidden"
     outcome = "forbidden"
+
+    def __init__(self, message: str, *, reason: str = "scope") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def auth_reason(self) -> str:
+        return self.reason
 
 
 class NotFound(ScoreboardError):

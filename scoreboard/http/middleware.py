@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .. import logs
 from ..errors import ScoreboardError
 from ..metrics import Metrics
 from .state import METRICS
@@ -20,6 +21,12 @@ logger = logging.getLogger(__name__)
 
 REQUEST_ID = "X-Request-ID"
 _REQUEST_ID_KEY = web.RequestKey("request_id", str)
+# A handler's structured log fields (userId, boardId, delta ...), reused by the
+# security lines this middleware writes for the errors the handler raises.
+LOG_FIELDS = web.RequestKey("log_fields", dict[str, Any])
+_AUDIT_FIELDS = ("userId", "boardId", "delta")
+# Any other method string is one label value, so clients cannot mint new series.
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 _HTTP_CODES = {
     400: "bad_request",
     401: "invalid_token",
@@ -91,6 +98,30 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def _audit(request: web.Request, error: ScoreboardError, route: str) -> None:
+    """Count and log an authentication/authorization failure or a replay."""
+    reason = error.auth_reason()
+    if reason is None and error.outcome != "replay":
+        return
+    known = request.get(LOG_FIELDS) or {}
+    fields: dict[str, Any] = {
+        "requestId": request_id(request),
+        "route": route,
+        "method": request.method,
+        "status": error.status,
+        "error": error.code,
+    }
+    fields.update((k, known[k]) for k in _AUDIT_FIELDS if k in known)
+    if reason is not None:
+        request.app[METRICS].auth_failures.labels(reason=reason).inc()
+        fields["reason"] = reason
+        logs.event(logs.SECURITY, f"{error.code}: {error.message}", fields, logging.WARNING)
+    else:
+        original = error.extra().get("original") or {}
+        fields["originalEventId"] = original.get("eventId")
+        logs.event(logs.SECURITY, "replay detected", fields, logging.WARNING)
+
+
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render every error as the contract's body and time every request."""
@@ -100,11 +131,13 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     try:
         response = await handler(request)
     except ScoreboardError as e:
+        _audit(request, e, _route(request))
         response = error_response(
             request, e.status, e.code, e.message, headers=e.headers, extra=e.extra()
         )
     except web.HTTPException as e:
         if e.status < 400:
+            _observe(request, e.status, start)
             raise
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
         response = error_response(
@@ -117,11 +150,16 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     except Exception:
         logger.exception("unhandled error in %s %s", request.method, request.path)
         response = error_response(request, 500, "internal_error", "internal server error")
+    _observe(request, response.status, start)
+    return response
+
+
+def _observe(request: web.Request, status: int, start: float) -> None:
+    method = request.method if request.method in _METHODS else "other"
     metrics: Metrics = request.app[METRICS]
-    metrics.request_timer(_route(request), request.method, response.status).observe(
+    metrics.request_timer(_route(request), method, status).observe(
         time.perf_counter() - start
     )
-    return response
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from typing import Any
 
@@ -24,7 +23,7 @@ from ..errors import (
     ScoreboardError,
     UnsupportedMediaType,
 )
-from .middleware import request_id
+from .middleware import LOG_FIELDS, request_id
 from .state import BOARD, HUB, METRICS, SETTINGS, VERIFIER
 
 MAX_BODY = 16 * 1024
@@ -137,11 +136,13 @@ def _check_action(action: Action, user_id: str, delta: int, nonce: str) -> None:
 
 def _authorize(principal: Principal, action: Action, user_id: str, delta: int) -> None:
     if user_id != principal.user_id and not principal.admin:
-        raise Forbidden("posting for another user needs the scores:admin scope")
+        raise Forbidden(
+            "posting for another user needs the scores:admin scope", reason="other_user"
+        )
     if action.bonus and not principal.bonus:
-        raise Forbidden("bonus actions need the scores:bonus scope")
+        raise Forbidden("bonus actions need the scores:bonus scope", reason="bonus_scope")
     if delta < 0 and not principal.admin:
-        raise Forbidden("negative deltas need the scores:admin scope")
+        raise Forbidden("negative deltas need the scores:admin scope", reason="penalty_scope")
 
 
 async def increment(request: web.Request) -> web.Response:
@@ -149,6 +150,7 @@ async def increment(request: web.Request) -> web.Response:
     start = time.perf_counter()
     app = request.app
     fields: dict[str, Any] = {"requestId": request_id(request), "boardId": None}
+    request[LOG_FIELDS] = fields
     outcome = "error"
     try:
         board = board_id(request)
@@ -176,12 +178,11 @@ async def increment(request: web.Request) -> web.Response:
         )
         outcome = "ok"
     except ScoreboardError as e:
+        # The middleware counts auth failures and writes the security lines.
         outcome = e.outcome
-        reason = getattr(e, "reason", None)
+        reason = e.auth_reason()
         if reason is not None:
             fields["reason"] = reason
-            app[METRICS].auth_failures.labels(reason=reason).inc()
-            logs.event(logs.SECURITY, f"{e.code}: {e.message}", fields, logging.WARNING)
         raise
     finally:
         app[METRICS].outcome[outcome].inc()
