@@ -27,12 +27,6 @@ def _no_token(tokens: Tokens, user: str) -> Request:
     return headers, body
 
 
-def _expired_token(tokens: Tokens, user: str) -> Request:
-    headers, body = _valid(tokens, user)
-    headers["Authorization"] = f"Bearer {tokens.user(user, ttl=-3600)}"
-    return headers, body
-
-
 def _too_large(tokens: Tokens, user: str) -> Request:
     headers, _ = _valid(tokens, user)
     return headers, b'{"pad": "' + b"x" * 17_000 + b'"}'
@@ -96,20 +90,33 @@ ATTEMPTS = (
     Attempt("replay", 409, _valid, before="same"),
     Attempt("rate_limited", 429, _valid, before="fresh"),
 )
-EXPIRED = Attempt("unauthorized", 401, _expired_token, reason="expired")
 
 
 async def send(
-    client: TestClient[Any, Any], tokens: Tokens, attempt: Attempt, user: str, path: str
-) -> tuple[int, dict[str, Any]]:
-    """Send the attempt (and what must come before it); (status, body) of the attempt."""
+    client: TestClient[Any, Any],
+    tokens: Tokens,
+    attempt: Attempt,
+    user: str,
+    path: str,
+    request_id: str | None = None,
+) -> tuple[int, dict[str, Any], bytes]:
+    """Send the attempt (and what must come before it); (status, body, sent body) of
+    the attempt.
+
+    A request that comes before gets the request id `first-<request_id>`.
+    """
     headers, body = attempt.build(tokens, user)
     if attempt.before is not None:
         first = (headers, body) if attempt.before == "same" else _valid(tokens, user)
-        r = await client.post(path, data=first[1], headers=first[0])
+        first_headers = dict(first[0])
+        if request_id:
+            first_headers["X-Request-ID"] = f"first-{request_id}"
+        r = await client.post(path, data=first[1], headers=first_headers)
         assert r.status == 200, await r.text()
+    if request_id:
+        headers = {**headers, "X-Request-ID": request_id}
     r = await client.post(path, data=body, headers=headers)
-    return r.status, await r.json()
+    return r.status, await r.json(), body
 
 
 async def scrape(client: TestClient[Any, Any]) -> Samples:

@@ -26,7 +26,7 @@ async def erase(request: web.Request) -> web.Response:
     board = board_id(request)
     principal = authenticate(request)
     if not principal.admin:
-        raise Forbidden("erasing a user needs the scores:admin scope")
+        raise Forbidden("erasing a user needs the scores:admin scope", reason="admin_scope")
     user_id = path_user(request)
     erased = await request.app[BOARD].erase(board, user_id)
     logs.event(

@@ -157,9 +157,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
 def _observe(request: web.Request, status: int, start: float) -> None:
     method = request.method if request.method in _METHODS else "other"
     metrics: Metrics = request.app[METRICS]
-    metrics.request_timer(_route(request), method, status).observe(
-        time.perf_counter() - start
-    )
+    metrics.request_timer(_route(request), method, status).observe(time.perf_counter() - start)
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
