@@ -15,7 +15,7 @@ from ..board import Board
 from ..config import Settings
 from ..hub import Hub
 from ..metrics import Metrics
-from . import admin, ops, scores
+from . import admin, apidocs, ops, scores
 from .durability import durability_ctx
 from .middleware import middleware, on_prepare
 from .state import BOARD, HUB, METRICS, SETTINGS, VERIFIER
@@ -75,6 +75,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     for prefix in ("", "/boards/{boardId}"):
         scores.add_routes(app, prefix)
     ops.add_routes(app)
+    apidocs.add_routes(app)
     for prefix in ("", "/boards/{boardId}"):
         scores.add_user_routes(app, prefix)
         admin.add_routes(app, prefix)

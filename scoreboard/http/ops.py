@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import DatabaseUnavailable, ScoreboardError
+from . import spec
 from .scores import json_response
 from .state import BOARD, METRICS, STORE
 
@@ -42,6 +43,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    spec.register(app, "metrics", metrics)
+    spec.register(app, "healthz", healthz)
+    spec.register(app, "readyz", readyz)

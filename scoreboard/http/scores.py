@@ -23,6 +23,7 @@ from ..errors import (
     ScoreboardError,
     UnsupportedMediaType,
 )
+from . import spec
 from .middleware import LOG_FIELDS, request_id
 from .state import BOARD, HUB, METRICS, SETTINGS, VERIFIER
 
@@ -265,11 +266,11 @@ async def around(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application, prefix: str) -> None:
     """The score routes under `prefix` ('' or '/boards/{boardId}')."""
-    app.router.add_post(f"{prefix}/scores/increment", increment)
-    app.router.add_get(f"{prefix}/scores/top", top)
+    spec.register(app, "increment", increment, prefix)
+    spec.register(app, "top", top, prefix)
 
 
 def add_user_routes(app: web.Application, prefix: str) -> None:
     """Routes with a `{userId}` segment: registered after the fixed `/scores/…` paths."""
-    app.router.add_get(f"{prefix}/scores/{{userId}}", user)
-    app.router.add_get(f"{prefix}/scores/{{userId}}/around", around)
+    spec.register(app, "user", user, prefix)
+    spec.register(app, "around", around, prefix)
