@@ -248,3 +248,20 @@ async def test_request_duration_labels(client: TestClient[Any, Any]) -> None:
         le="+Inf",
     )
     assert bucket == 1
+
+
+async def test_an_oversized_chunked_body_counts_as_payload_too_large(
+    client: TestClient[Any, Any], tokens: Tokens
+) -> None:
+    headers, _ = tokens.request(new_user(), 5)
+
+    async def chunks() -> Any:
+        for _ in range(20):
+            yield b"x" * 1024
+
+    before = await scrape(client)
+    r = await client.post("/scores/increment", data=chunks(), headers=headers)
+    assert r.status == 413
+    assert (await r.json())["error"] == "payload_too_large"
+    after = await scrape(client)
+    assert diff(before, after, UPDATES) == {labels(outcome="payload_too_large"): 1.0}

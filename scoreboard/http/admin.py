@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .. import logs
 from ..errors import Forbidden, NotFound
+from . import spec
 from .middleware import request_id
 from .scores import authenticate, board_id, path_user
 from .state import BOARD, HUB
@@ -48,4 +49,4 @@ async def erase(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application, prefix: str) -> None:
     """The admin routes under `prefix` ('' or '/boards/{boardId}')."""
-    app.router.add_delete(f"{prefix}/scores/{{userId}}", erase)
+    spec.register(app, "erase", erase, prefix)
