@@ -87,6 +87,10 @@ class Hub:
         if version > self._latest.get(board, -1):
             self._latest[board] = version
 
+    def latest(self, board: str) -> int:
+        """The newest version of a board's top seen so far (-1: none since (re)subscribing)."""
+        return self._latest.get(board, -1)
+
     def _fresh(self, board: str) -> CachedTop | None:
         cached = self._cache.get(board)
         if cached is None or cached.version < self._latest.get(board, 0):
@@ -148,6 +152,9 @@ class Hub:
     def _reset(self) -> None:
         """Forget every cached top: messages may have been missed while unsubscribed."""
         self._cache.clear()
+        # Versions seen before may belong to data Redis has lost since (a restart without
+        # persistence): remembering them would make every later read a miss.
+        self._latest.clear()
 
     def stop(self) -> None:
         """Ask `run` to return within one poll interval.

@@ -15,7 +15,7 @@ from ..board import Board
 from ..config import Settings
 from ..hub import Hub
 from ..metrics import Metrics
-from . import admin, apidocs, ops, scores
+from . import admin, apidocs, ops, page, scores, stream
 from .durability import durability_ctx
 from .middleware import middleware, on_prepare
 from .state import BOARD, HUB, METRICS, SETTINGS, VERIFIER
@@ -72,10 +72,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(durability_ctx)
     app.cleanup_ctx.append(_hub_ctx)
+    stream.setup(app)
     for prefix in ("", "/boards/{boardId}"):
         scores.add_routes(app, prefix)
+        stream.add_routes(app, prefix)
     ops.add_routes(app)
     apidocs.add_routes(app)
+    page.add_routes(app)
     for prefix in ("", "/boards/{boardId}"):
         scores.add_user_routes(app, prefix)
         admin.add_routes(app, prefix)
