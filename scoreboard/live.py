@@ -159,6 +159,11 @@ class Client:
         self._scores: deque[Frame] | None = None
         self._flusher: asyncio.Task[None] | None = None
 
+    @property
+    def behind(self) -> bool:
+        """True while frames are held for this client because its socket is not draining."""
+        return self._flusher is not None
+
     def _bytes(self, frame: Frame) -> bytes:
         if self.kind == WS:
             return frame.ws
@@ -246,7 +251,7 @@ class Client:
             while self._top is not None or self._scores:
                 t = self.transport
                 if t is None or t.is_closing():
-                    self.close()
+                    self.cut_off("connection lost while behind")
                     return
                 if t.get_write_buffer_size() > self._live.options.write_high_water:
                     await asyncio.wait_for(self.writer.drain(), self._live.options.stall_timeout_s)
@@ -255,7 +260,9 @@ class Client:
         except TimeoutError:
             self.cut_off("socket unwritable too long")
         except (ConnectionError, RuntimeError, OSError):
-            self.close()
+            # Lost while behind: typically the kernel's own bound on unacknowledged data
+            # (TCP_USER_TIMEOUT, set to the same stall bound) fired first.
+            self.cut_off("connection lost while behind")
         finally:
             self._flusher = None
 
@@ -263,17 +270,22 @@ class Client:
         """Drop a client that cannot keep up: abort its connection without waiting."""
         if self.closed:
             return
-        logger.info("cutting off a slow %s client of %s: %s", self.kind, self.board, reason)
-        self._live.cut_offs += 1
         if self.transport is not None:
             self.transport.abort()
-        self.close()
+        self._close(reason)
 
     def close(self) -> None:
         """Stop this client's stream (its handler then returns and calls `leave`)."""
+        # A connection that ends while frames wait for it was dropped behind, whoever noticed.
+        self._close("connection lost while behind" if self._flusher is not None else None)
+
+    def _close(self, dropped: str | None) -> None:
         if self.closed:
             return
         self.closed = True
+        if dropped is not None:
+            logger.info("cut off a slow %s client of %s: %s", self.kind, self.board, dropped)
+            self._live.cut_offs += 1
         self._top = self._scores = None
         flusher = self._flusher
         if flusher is not None and flusher is not asyncio.current_task():
@@ -324,6 +336,11 @@ class Broadcaster:
     @property
     def client_count(self) -> int:
         return self._count
+
+    def clients(self, board: str) -> tuple[Client, ...]:
+        """The clients of one board (for inspection)."""
+        state = self._boards.get(board)
+        return tuple(state.clients) if state is not None else ()
 
     # Joining and leaving
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -87,3 +90,56 @@ async def top_body(
     async with client.get(f"{base}{prefix(board)}/scores/top") as r:
         assert r.status == 200
         return await r.text()
+
+
+_ID = re.compile(rb"(?m)^id: (\d+)$")
+
+
+class RawSse:
+    """A minimal SSE client on a raw socket: records when it saw each top version."""
+
+    def __init__(self, host: str, port: int | None, path: str) -> None:
+        assert port is not None
+        self.host, self.port, self.path = host, port, path
+        self.seen: dict[int, float] = {}
+        self.version = -1
+        self.ended = asyncio.Event()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        self._writer.write(f"GET {self.path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+
+    async def run(self) -> None:
+        """Read chunks until the server ends the stream."""
+        assert self._reader is not None
+        try:
+            while True:
+                block = await self._reader.readuntil(b"\n\n\r\n")
+                now = time.monotonic()
+                for match in _ID.finditer(block):
+                    version = int(match.group(1))
+                    self.seen.setdefault(version, now)
+                    self.version = max(self.version, version)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.ended.set()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def stalled_client(host: str, port: int | None, path: str) -> socket.socket:
+    """A client that sends its request, then never reads: a tiny receive window fills at once."""
+    assert port is not None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Set before connecting, so the advertised window stays small.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect((host, port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    return sock
