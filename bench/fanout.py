@@ -1,8 +1,8 @@
 """Fan-out benchmark: N SSE clients on one `scoreboard serve`, 10 top-10 changes a second.
 
 Starts what it measures: a throwaway redis-server (unless --redis-url), one `scoreboard
-serve` process, and client processes holding the SSE connections (raw asyncio protocols,
-so the clients cost as little as possible). Then it changes the board's top-10 at --rate
+serve` process pinned to CPU 0, and client processes on CPU 1 holding the SSE connections
+(raw asyncio protocols, so the clients cost as little as possible). Then it changes the board's top-10 at --rate
 per second for --duration seconds and reports, per client count:
 
 - delivery latency: receipt time minus the event's own server timestamp (`updatedAt`);
@@ -11,8 +11,11 @@ per second for --duration seconds and reports, per client count:
 - the share of clients holding the final state at the end, and of states delivered;
 - the server's CPU (share of one core) and resident memory per client.
 
-Run from the repository root:  .venv/bin/python bench/fanout.py --clients 1000 5000 10000
-Results are printed and written to bench/results/fanout.json.
+    .venv/bin/python bench/fanout.py                      # 1,000, 5,000 and 10,000 clients
+    .venv/bin/python bench/fanout.py --quick              # 200 and 1,000 clients, 5 s each
+    .venv/bin/python bench/fanout.py --clients 2000 --duration 5
+
+Results are printed and written to bench/results/fanout.json and fanout.md.
 """
 
 from __future__ import annotations
@@ -27,40 +30,35 @@ import os
 import re
 import resource
 import secrets
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "fanout.json"
+from common import (
+    ACTION_SECRET,
+    JWT_SECRET,
+    LOAD_CPU,
+    PYTHON,
+    ROOT,
+    SERVER_CPU,
+    free_port,
+    md_table,
+    pinned,
+    redis_server,
+    server_env,
+    wait_port,
+    write_results,
+)
+
+sys.path.insert(0, str(ROOT))
+
 STAMP = re.compile(rb'"updatedAt":"([^"]+)"')
 TOP_USERS = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
 def raise_fd_limit() -> int:
@@ -195,9 +193,11 @@ async def client_main(args: argparse.Namespace) -> None:
 # The driver: server, clients, changes, measurements.
 
 
-@dataclass
-class Proc:
-    pid: int
+class ServerProc:
+    """CPU and memory of the measured server process, read from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
 
     def cpu_s(self) -> tuple[float, float]:
         """(user, system) CPU seconds so far."""
@@ -212,146 +212,117 @@ class Proc:
         return 0
 
 
-@dataclass
-class Stack:
-    """The throwaway redis-server (if any) and the serve process of one run."""
-
-    redis_url: str
-    jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
-    action_secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
-    port: int = field(default_factory=free_port)
-
-    @contextlib.contextmanager
-    def serve(self, max_clients: int) -> Iterator[subprocess.Popen[bytes]]:
-        env = {
-            **os.environ,
-            "SCOREBOARD_REDIS_URL": self.redis_url,
-            "SCOREBOARD_JWT_SECRET": self.jwt_secret,
-            "SCOREBOARD_ACTION_SECRET": self.action_secret,
-            "SCOREBOARD_HTTP_PORT": str(self.port),
-            "SCOREBOARD_SINK": "false",
-            "SCOREBOARD_RATE_LIMIT_PER_MIN": "0",
-            "SCOREBOARD_STREAM_MAX_CLIENTS": str(max_clients),
-            "SCOREBOARD_STREAM_MAX_CLIENTS_PER_IP": str(max_clients),
-            "SCOREBOARD_LOG_LEVEL": "warning",
-            "SCOREBOARD_LOG_FORMAT": "json",
-            "SCOREBOARD_DATA_DIR": tempfile.mkdtemp(prefix="sb-bench-"),
-        }
-        proc = subprocess.Popen([sys.executable, "-m", "scoreboard", "serve"], env=env)
+@contextlib.contextmanager
+def serve(redis_url: str, port: int, max_clients: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`scoreboard serve` on the server CPU, with room for `max_clients` streams."""
+    env = server_env(
+        redis_url,
+        SCOREBOARD_HTTP_PORT=str(port),
+        SCOREBOARD_STREAM_MAX_CLIENTS=str(max_clients),
+        SCOREBOARD_STREAM_MAX_CLIENTS_PER_IP=str(max_clients),
+        SCOREBOARD_LOG_LEVEL="warning",
+        SCOREBOARD_DATA_DIR=tempfile.mkdtemp(prefix="sb-bench-fanout-"),
+    )
+    log = tempfile.NamedTemporaryFile(prefix="sb-bench-fanout-", suffix=".log", delete=False)
+    cmd = pinned(SERVER_CPU, [PYTHON, "-m", "scoreboard", "serve"])
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+    try:
+        wait_port(port, 30)
+        yield proc
+    finally:
+        proc.terminate()
         try:
-            wait_port(self.port, 30, proc)
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            shutil.rmtree(env["SCOREBOARD_DATA_DIR"], ignore_errors=True)
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        os.unlink(log.name)
 
 
 @contextlib.contextmanager
-def redis_server(url: str | None) -> Iterator[str]:
+def redis(url: str) -> Iterator[str]:
     if url:
         yield url
-        return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("no redis-server on PATH; pass --redis-url")
-    port = free_port()
-    folder = tempfile.mkdtemp(prefix="sb-bench-redis-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", folder],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(port, 10, proc)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait()
-        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        with redis_server() as started:
+            yield started
 
 
-async def change_board(
-    stack: Stack, board: str, users: list[str], rate: float, duration: float
-) -> int:
-    """Post `rate` increments a second to top-10 users; returns how many were applied."""
-    import aiohttp
-
-    from scoreboard.auth import mint_action_token, mint_user_token
+def _settings() -> Any:
     from scoreboard.config import Settings
 
-    settings = Settings(jwt_secret=stack.jwt_secret, action_secret=stack.action_secret)
-    tokens = {u: mint_user_token(settings, u) for u in users}
-    url = f"http://127.0.0.1:{stack.port}/boards/{board}/scores/increment"
-    applied = 0
-    async with aiohttp.ClientSession() as session:
-        start = time.monotonic()
-        n = int(rate * duration)
-        for i in range(n):
-            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-            user = users[i % len(users)]
-            nonce, action = mint_action_token(settings, user, 1)
-            headers = {"Authorization": f"Bearer {tokens[user]}", "X-Action-Nonce": nonce}
-            body = {"userId": user, "delta": 1, "actionToken": action}
-            async with session.post(url, json=body, headers=headers) as r:
-                if r.status == 200 and (await r.json())["topChanged"]:
-                    applied += 1
-    return applied
+    return Settings(jwt_secret=JWT_SECRET, action_secret=ACTION_SECRET)
 
 
-async def seed(stack: Stack, board: str, users: list[str]) -> None:
+async def _post(session: Any, url: str, user: str, delta: int) -> bool:
+    """One increment; True when it changed the top-10."""
+    from scoreboard.auth import mint_action_token, mint_user_token
+
+    settings = _settings()
+    nonce, action = mint_action_token(settings, user, delta)
+    headers = {
+        "Authorization": f"Bearer {mint_user_token(settings, user)}",
+        "X-Action-Nonce": nonce,
+    }
+    body = {"userId": user, "delta": delta, "actionToken": action}
+    async with session.post(url, json=body, headers=headers) as r:
+        if r.status != 200:
+            raise RuntimeError(f"increment failed: {r.status} {await r.text()}")
+        changed: bool = (await r.json())["topChanged"]
+        return changed
+
+
+async def seed(port: int, board: str, users: list[str]) -> None:
     import aiohttp
 
-    from scoreboard.auth import mint_action_token, mint_user_token
-    from scoreboard.config import Settings
-
-    settings = Settings(jwt_secret=stack.jwt_secret, action_secret=stack.action_secret)
-    url = f"http://127.0.0.1:{stack.port}/boards/{board}/scores/increment"
+    url = f"http://127.0.0.1:{port}/boards/{board}/scores/increment"
     async with aiohttp.ClientSession() as session:
         for i, user in enumerate(users):
-            nonce, action = mint_action_token(settings, user, 500 + i)
-            headers = {
-                "Authorization": f"Bearer {mint_user_token(settings, user)}",
-                "X-Action-Nonce": nonce,
-            }
-            body = {"userId": user, "delta": 500 + i, "actionToken": action}
-            async with session.post(url, json=body, headers=headers) as r:
-                assert r.status == 200, await r.text()
+            await _post(session, url, user, 500 + i)
+
+
+async def change_board(port: int, board: str, users: list[str], rate: float, secs: float) -> int:
+    """`rate` increments a second to top-10 users, on a clock; returns the top changes."""
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}/boards/{board}/scores/increment"
+    changes = 0
+    async with aiohttp.ClientSession() as session:
+        start = time.monotonic()
+        for i in range(int(rate * secs)):
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            changes += await _post(session, url, users[i % len(users)], 1)
+    return changes
+
+
+def start_clients(port: int, board: str, n: int, procs: int) -> list[subprocess.Popen[str]]:
+    shares = [n // procs + (i < n % procs) for i in range(procs)]
+    cmd = [PYTHON, __file__, "--role=client", f"--port={port}"]
+    path = f"--path=/boards/{board}/scores/stream"
+    return [
+        subprocess.Popen(
+            pinned(LOAD_CPU, [*cmd, path, f"--clients={k}"]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for k in shares
+        if k
+    ]
 
 
 def run_one(args: argparse.Namespace, redis_url: str, n_clients: int) -> dict[str, Any]:
-    stack = Stack(redis_url)
     board = f"bench-{secrets.token_hex(4)}"
     users = [str(uuid.uuid4()) for _ in range(TOP_USERS)]
-    with stack.serve(n_clients + 100) as server:
-        proc = Proc(server.pid)
-        asyncio.run(seed(stack, board, users))
+    port = free_port()
+    with serve(redis_url, port, n_clients + 100) as server:
+        proc = ServerProc(server.pid)
+        asyncio.run(seed(port, board, users))
         time.sleep(0.5)
         rss_before = proc.rss_kib()
-        per_proc = [
-            n_clients // args.procs + (i < n_clients % args.procs) for i in range(args.procs)
-        ]
-        clients = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--role=client",
-                    f"--port={stack.port}",
-                    f"--path=/boards/{board}/scores/stream",
-                    f"--clients={k}",
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for k in per_proc
-            if k
-        ]
         connect_start = time.monotonic()
+        clients = start_clients(port, board, n_clients, args.procs)
         for c in clients:
             assert c.stdout is not None
             line = c.stdout.readline().strip()
@@ -361,7 +332,7 @@ def run_one(args: argparse.Namespace, redis_url: str, n_clients: int) -> dict[st
         time.sleep(1.0)
         rss_connected = proc.rss_kib()
         cpu0, t0 = proc.cpu_s(), time.monotonic()
-        changes = asyncio.run(change_board(stack, board, users, args.rate, args.duration))
+        changes = asyncio.run(change_board(port, board, users, args.rate, args.duration))
         cpu1, t1 = proc.cpu_s(), time.monotonic()
         time.sleep(1.5)  # let the last change arrive everywhere
         summaries = []
@@ -374,8 +345,9 @@ def run_one(args: argparse.Namespace, redis_url: str, n_clients: int) -> dict[st
     final_versions = [v for s in summaries for v in s["final_versions"]]
     newest = max(final_versions)
     measured = sorted({v for s in summaries for v in s["versions"]})
-    events = sum(s["events"] for s in summaries) - len(final_versions)  # minus connect snapshots
-    result = {
+    events = sum(s["events"] for s in summaries) - len(final_versions)  # minus the snapshots
+    wall = t1 - t0
+    return {
         "clients": n_clients,
         "rate_per_s": args.rate,
         "duration_s": args.duration,
@@ -389,33 +361,66 @@ def run_one(args: argparse.Namespace, redis_url: str, n_clients: int) -> dict[st
         "states_delivered_pct": round(
             100 * events / max(1, len(final_versions) * len(measured)), 2
         ),
-        "server_cpu_pct_of_core": round(100 * (sum(cpu1) - sum(cpu0)) / (t1 - t0), 1),
-        "server_cpu_user_pct": round(100 * (cpu1[0] - cpu0[0]) / (t1 - t0), 1),
-        "server_cpu_system_pct": round(100 * (cpu1[1] - cpu0[1]) / (t1 - t0), 1),
+        "clients_cut_off": sum(s["closed"] for s in summaries),
+        "server_cpu_pct_of_core": round(100 * (sum(cpu1) - sum(cpu0)) / wall, 1),
+        "server_cpu_user_pct": round(100 * (cpu1[0] - cpu0[0]) / wall, 1),
+        "server_cpu_system_pct": round(100 * (cpu1[1] - cpu0[1]) / wall, 1),
         "server_rss_mib_before": round(rss_before / 1024, 1),
         "server_rss_mib_connected": round(rss_connected / 1024, 1),
         "server_kib_per_client": round((rss_connected - rss_before) / n_clients, 2),
         "client_processes": len(clients),
     }
-    return result
 
 
 def merge(parts: list[dict[str, float]]) -> dict[str, float]:
-    """Percentiles of several processes: the worst of each (an upper bound, stated as such)."""
+    """Percentiles of several client processes: the worst of each (an upper bound)."""
     parts = [p for p in parts if p]
     if not parts:
         return {}
     return {k: max(p[k] for p in parts) for k in parts[0]}
 
 
+def table(runs: list[dict[str, Any]]) -> str:
+    header = [
+        "clients",
+        "latency p50 ms",
+        "latency p99 ms",
+        "staleness p99 ms",
+        "newest state %",
+        "states delivered %",
+        "server CPU % of a core (user/sys)",
+        "server KiB/client",
+    ]
+    rows = [
+        [
+            r["clients"],
+            r["latency_ms"].get("p50", "-"),
+            r["latency_ms"].get("p99", "-"),
+            r["staleness_ms"].get("p99", "-"),
+            r["clients_with_newest_state_pct"],
+            r["states_delivered_pct"],
+            f"{r['server_cpu_pct_of_core']} ({r['server_cpu_user_pct']}/"
+            f"{r['server_cpu_system_pct']})",
+            r["server_kib_per_client"],
+        ]
+        for r in runs
+    ]
+    return md_table(header, rows)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[1000], help="client counts")
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=[1000, 5000, 10000], help="client counts"
+    )
     parser.add_argument("--rate", type=float, default=10.0, help="top changes per second")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of changes")
-    parser.add_argument("--procs", type=int, default=1, help="client processes")
+    parser.add_argument("--procs", type=int, default=1, help="client processes (on CPU 1)")
     parser.add_argument("--redis-url", default="", help="use this Redis (default: throwaway)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results file")
+    parser.add_argument("--quick", action="store_true", help="200 and 1,000 clients, 5 s each")
     parser.add_argument(
         "--role", choices=["driver", "client"], default="driver", help=argparse.SUPPRESS
     )
@@ -427,22 +432,19 @@ def main() -> None:
         use_uvloop()
         asyncio.run(client_main(args))
         return
+    if args.quick:
+        args.clients, args.duration = [200, 1000], 5.0
     runs = []
-    with redis_server(args.redis_url) as redis_url:
+    with redis(args.redis_url) as redis_url:
         for n in args.clients:
             result = run_one(args, redis_url, n)
-            print(json.dumps(result, indent=2), flush=True)
+            print(json.dumps(result), flush=True)
             runs.append(result)
-    report = {
-        "benchmark": "fanout",
-        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "runs": runs,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    text = table(runs)
+    command = " ".join(["bench/fanout.py", *sys.argv[1:]])
+    path = write_results("fanout", {"command": command, "runs": runs}, text)
+    print(text)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

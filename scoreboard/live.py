@@ -433,9 +433,8 @@ class Broadcaster:
                 frame = Frame.score(message)
                 for client in tuple(watchers):
                     client.offer(frame)
-            if message.get("topChanged") is True:
-                self._schedule(board)
-        elif kind == "erase":
+        # An erasure may or may not touch the top-10: the re-read tells (and costs one read).
+        if message.get("topChanged") is True or kind in ("erase", "reseed"):
             self._schedule(board)
 
     def _schedule(self, board: str, *, force: bool = False) -> None:

@@ -168,21 +168,41 @@ async def test_boards_are_separate(live: TestClient[Any, Any], tokens: Tokens) -
         assert [e["score"] for e in data["entries"]] == [6]
 
 
-async def test_erase_message_refreshes_the_top(live: TestClient[Any, Any], tokens: Tokens) -> None:
+async def test_an_erased_user_vanishes_from_the_stream_at_once(
+    live: TestClient[Any, Any], tokens: Tokens
+) -> None:
     board = new_board()
-    user = new_user()
-    await increment(live, tokens, user, 5, board)
+    alice, bob = new_user(), new_user()
+    await increment(live, tokens, alice, 5, board)
+    await increment(live, tokens, bob, 3, board)
     async with live.get(f"/boards/{board}/scores/stream") as r:
         await read_event(r.content)
         await read_event(r.content)
-        # What an erasure does to the live board, as another process would publish it.
-        redis = live.app[BROADCASTER].hub._board.client
-        keys = live.app[BROADCASTER].hub._board.keys(board)
-        await redis.zrem(keys.scores, user)
-        await redis.hset(keys.top, mapping={"v": 9, "d": "[]", "t": int(time.time() * 1000)})
-        await redis.publish(
+        admin = tokens.user(new_user(), "scores:admin")
+        async with live.delete(
+            f"/boards/{board}/scores/{alice}", headers={"Authorization": f"Bearer {admin}"}
+        ) as deleted:
+            assert deleted.status == 204
+        block = await next_event(r.content, "top")
+        assert block == f"id: 3\nevent: top\ndata: {await top_body(live, board)}\n\n"
+        assert [e["userId"] for e in orjson.loads(event_data(block))["entries"]] == [bob]
+
+
+async def test_a_reseed_message_refreshes_the_top(
+    live: TestClient[Any, Any], tokens: Tokens
+) -> None:
+    board = new_board()
+    await increment(live, tokens, new_user(), 5, board)
+    async with live.get(f"/boards/{board}/scores/stream") as r:
+        await read_event(r.content)
+        await read_event(r.content)
+        # What a reseed's swap does to the live board, as the reseeding process publishes it.
+        store = live.app[BROADCASTER].hub._board
+        keys = store.keys(board)
+        await store.client.hset(keys.top, mapping={"v": 9, "d": "[]", "t": int(time.time() * 1000)})
+        await store.client.publish(
             f"scoreboard.updates.{board}",
-            orjson.dumps({"type": "erase", "boardId": board, "userId": user, "version": 9}),
+            orjson.dumps({"type": "reseed", "boardId": board, "version": 9, "topChanged": True}),
         )
         block = await next_event(r.content, "top")
         assert block.startswith("id: 9\n")
@@ -405,3 +425,25 @@ def test_routes_come_before_user_routes(settings: Settings) -> None:
     for pfx in ("", "/boards/{boardId}"):
         assert paths.index(f"{pfx}/scores/stream") < paths.index(f"{pfx}/scores/{{userId}}")
         assert paths.index(f"{pfx}/scores/ws") < paths.index(f"{pfx}/scores/{{userId}}")
+
+
+# The page's files (the browser test drives the page itself)
+
+
+async def test_page_and_its_files(live: TestClient[Any, Any]) -> None:
+    async with live.get("/") as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+        assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+        page = await r.text()
+        assert '<script src="/static/app.js" defer></script>' in page
+        etag = r.headers["ETag"]
+    async with live.get("/", headers={"If-None-Match": etag}) as r:
+        assert r.status == 304
+    for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
+        async with live.get(f"/static/{name}") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith(kind)
+    for missing in ("/static/nope.js", "/static/index.html", "/static/..%2Fapp.py"):
+        async with live.get(missing) as r:
+            assert r.status == 404
+            assert (await r.json())["error"] == "not_found"
