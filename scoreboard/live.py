@@ -155,7 +155,8 @@ class Client:
         self.on_close: Closer | None = None
         self.ready = False
         self.closed = False
-        # The data of the last top event written: a resync that changes nothing is not sent.
+        # The data of the last top event written: a top that changes nothing is not sent again
+        # (the Pub/Sub message of a change can arrive after a client's connect snapshot showed it).
         self.last_top: bytes | None = None
         self._top: Frame | None = None
         self._scores: deque[Frame] | None = None
@@ -201,7 +202,7 @@ class Client:
         if self.closed:
             return
         if frame.is_top:
-            if frame.resync and frame.data == self.last_top:
+            if frame.data == self.last_top:
                 return
             self._top = frame
         else:
@@ -224,7 +225,7 @@ class Client:
             self.close()
         elif t.get_write_buffer_size() > self._live.options.write_high_water:
             self.offer(frame)
-        elif not frame.resync or frame.data != self.last_top:
+        elif frame.data != self.last_top:
             self.last_top = frame.data
             t.write(self._bytes(frame))
 

@@ -236,3 +236,22 @@ async def test_clients_keep_getting_updates_across_a_redis_restart(
             assert [(e["userId"], e["score"]) for e in entries] == [(bob, 8)]
     finally:
         await asyncio.to_thread(server.cleanup)
+
+
+async def test_a_change_the_connect_snapshot_showed_is_not_sent_again(
+    aiohttp_client: AiohttpClient, settings: Settings, tokens: Tokens
+) -> None:
+    client = await aiohttp_client(live_app(settings))
+    live = client.app[BROADCASTER]
+    board = new_board()
+    user = new_user()
+    await increment(client, tokens, user, 5, board)
+    async with client.get(f"/boards/{board}/scores/stream") as r:
+        await read_event(r.content)
+        assert (await read_event(r.content)).startswith("id: 1\n")
+        # The change's own message, late: the snapshot already had it.
+        message = {"type": "score", "topChanged": True, "userId": user, "version": 1}
+        live.on_message(board, message)
+        with pytest.raises(TimeoutError):
+            await read_event(r.content, within=0.4)
+        assert live.broadcasts >= 1
