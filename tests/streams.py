@@ -134,12 +134,18 @@ class RawSse:
             self._writer.close()
 
 
-def stalled_client(host: str, port: int | None, path: str) -> socket.socket:
+WS_UPGRADE = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+def stalled_client(host: str, port: int | None, path: str, headers: str = "") -> socket.socket:
     """A client that sends its request, then never reads: a tiny receive window fills at once."""
     assert port is not None
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # Set before connecting, so the advertised window stays small.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
     sock.connect((host, port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n{headers}\r\n".encode())
     return sock

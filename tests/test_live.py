@@ -18,6 +18,7 @@ from scoreboard.http.state import BROADCASTER
 from .conftest import AiohttpClient, Tokens, new_user, settings_with
 from .servers import RedisServer
 from .streams import (
+    WS_UPGRADE,
     RawSse,
     event_data,
     eventually,
@@ -255,3 +256,43 @@ async def test_a_change_the_connect_snapshot_showed_is_not_sent_again(
         with pytest.raises(TimeoutError):
             await read_event(r.content, within=0.4)
         assert live.broadcasts >= 1
+
+
+async def test_a_stalled_websocket_client_is_cut_off_too(
+    aiohttp_client: AiohttpClient, settings: Settings, tokens: Tokens
+) -> None:
+    app = live_app(
+        settings_with(settings, rate_limit_per_min=0),
+        stall_timeout_s=0.5,
+        write_high_water=1024,
+        send_buffer=4096,
+    )
+    client = await aiohttp_client(app)
+    live = app[BROADCASTER]
+    board = new_board()
+    users = [new_user() for _ in range(10)]
+    for i, user in enumerate(users):
+        await increment(client, tokens, user, 100 + i, board)
+    path = f"/boards/{board}/scores/ws"
+    stalled = stalled_client(client.server.host, client.server.port, path, WS_UPGRADE)
+    try:
+        async with client.ws_connect(path) as healthy:
+            await healthy.receive_json(timeout=2)
+            await eventually(lambda: live.client_count == 2)
+            behind_at = cut_at = 0.0
+            for i in range(500):
+                await increment(client, tokens, users[i % 10], 1, board)
+                # The reader keeps up with every change regardless.
+                assert (await healthy.receive_json(timeout=2))["type"] == "top"
+                now = time.monotonic()
+                if not behind_at and any(c.behind for c in live.clients(board)):
+                    behind_at = now
+                if live.cut_offs:
+                    cut_at = now
+                    break
+                await asyncio.sleep(0.01)
+            assert live.cut_offs == 1 and behind_at
+            assert cut_at - behind_at < 0.5 + 0.5
+            await eventually(lambda: live.client_count == 1)
+    finally:
+        stalled.close()

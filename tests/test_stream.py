@@ -323,6 +323,8 @@ async def test_websocket_top_score_and_subscribe(
         }
         await ws.send_str("{not json")
         assert (await ws.receive_json(timeout=2))["type"] == "error"
+        metrics = await (await live.get("/metrics")).text()
+        assert 'scoreboard_stream_clients{transport="ws"} 1.0' in metrics
         await ws.send_json({"subscribe": alice})
         await asyncio.sleep(0.05)
         result = await increment(live, tokens, alice, 11, board)
