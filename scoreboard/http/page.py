@@ -9,6 +9,7 @@ from importlib import resources
 from aiohttp import web
 
 from ..errors import NotFound
+from . import spec
 
 # Everything the page loads comes from this server; it contacts nothing else.
 _CSP = (
@@ -74,5 +75,5 @@ async def static(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/", index)
-    app.router.add_get("/static/{name}", static)
+    spec.register(app, "page", index)
+    spec.register(app, "static", static)

@@ -15,6 +15,7 @@ from aiohttp_sse import EventSourceResponse
 from .. import auth
 from ..errors import BadRequest
 from ..live import SSE, WS, Broadcaster, Client, Frame, StreamOptions
+from . import spec
 from .scores import board_id
 from .state import BROADCASTER, HUB, METRICS, SETTINGS, STREAM_OPTIONS
 
@@ -170,8 +171,8 @@ def setup(app: web.Application, options: StreamOptions | None = None) -> None:
 
 def add_routes(app: web.Application, prefix: str) -> None:
     """The live routes under `prefix`: register before the `{userId}` routes."""
-    app.router.add_get(f"{prefix}/scores/stream", sse)
-    app.router.add_get(f"{prefix}/scores/ws", ws)
+    spec.register(app, "stream", sse, prefix)
+    spec.register(app, "ws", ws, prefix)
 
 
 __all__ = ["Frame", "add_routes", "setup"]
