@@ -22,6 +22,10 @@ from .state import BOARD, HUB, METRICS, SETTINGS, VERIFIER
 
 logger = logging.getLogger(__name__)
 HUB_STOP_TIMEOUT_S = 3.0
+# Longest header value the HTTP parser accepts. Past it the parser answers a bare 400
+# before any of our code runs, so it sits well above anything we refuse ourselves with
+# a contract body (8 KiB tokens) or tolerate (a 100 KiB garbage Last-Event-ID).
+MAX_HEADER_FIELD = 128 * 1024
 
 
 def redis_client(settings: Settings) -> board_mod.RedisClient:
@@ -63,7 +67,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     app = web.Application(
         middlewares=[middleware],
         client_max_size=scores.MAX_BODY,
-        handler_args={"max_field_size": 16384},
+        handler_args={"max_field_size": MAX_HEADER_FIELD},
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()
