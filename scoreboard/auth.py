@@ -172,7 +172,7 @@ class Verifier:
         """Verify a user JWT; raises InvalidToken. Verified tokens are cached until exp."""
         cached = self._cache.get(token)
         if cached is not None:
-            if time.time() <= cached.exp + self._leeway:
+            if time.time() < cached.exp + self._leeway:
                 return cached
             del self._cache[token]
         claims = self._claims(token)

@@ -85,7 +85,8 @@ def check_times(claims: dict[str, Any], now: float, leeway: float) -> None:
     exp = _number(claims, "exp")
     if exp is None:
         raise TokenError("missing_claim", "token has no exp")
-    if now > exp + leeway:
+    # Valid while now is *before* exp (RFC 7519 4.1.4), as pyjwt decides for public keys.
+    if now >= exp + leeway:
         raise TokenError("expired", "token has expired")
     nbf = _number(claims, "nbf")
     if nbf is not None and now < nbf - leeway:

@@ -98,6 +98,9 @@ async def _read_json(request: web.Request) -> Any:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"the body must be at most {MAX_BODY} bytes") from None
+    except web.RequestPayloadError:
+        # A Content-Encoding the body does not decode with, or a body cut short.
+        raise BadRequest("the body could not be read (framing or Content-Encoding)") from None
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
