@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
-from redis.commands.core import AsyncScript
 
 from . import keys
 from .errors import InvalidDelta, RateLimited, Replay, StoreUnavailable
@@ -29,6 +31,9 @@ RATE_WINDOW_MS = 60_000
 REGISTER_EVERY_S = 10.0
 
 RedisClient = Any  # redis.asyncio.Redis or redis.asyncio.RedisCluster
+# What a Redis call may raise: the cluster client also raises errors outside RedisError
+# (e.g. a slot no node serves while the cluster reconfigures).
+REDIS_ERRORS = (rexc.RedisError, rexc.RedisClusterException)
 
 
 def load_lua(name: str) -> str:
@@ -79,6 +84,43 @@ class Snapshot:
     entries: tuple[Entry, ...]
 
 
+class Script(Protocol):
+    """A registered Lua script: redis-py's AsyncScript, or ClusterScript on a cluster."""
+
+    sha: str
+
+    async def __call__(
+        self, keys: Sequence[str] | None = None, args: Sequence[Any] | None = None
+    ) -> Any: ...
+
+
+class ClusterScript:
+    """A Lua script on a Redis Cluster, loaded only where its keys live.
+
+    redis-py's AsyncScript answers NOSCRIPT with SCRIPT LOAD on *every* primary, which
+    fails while any one primary is unreachable: then a fresh process could run no script
+    at all, not even for boards on healthy nodes. This loads the script on the node that
+    serves the keys (all of one board's keys share a slot) and retries once.
+    """
+
+    def __init__(self, cluster: RedisClient, text: str) -> None:
+        self._cluster = cluster
+        self._text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(
+        self, keys: Sequence[str] | None = None, args: Sequence[Any] | None = None
+    ) -> Any:
+        keys = keys or []
+        call = (self.sha, len(keys), *keys, *(args or []))
+        try:
+            return await self._cluster.evalsha(*call)
+        except rexc.NoScriptError:
+            node = self._cluster.get_node_from_key(keys[0])
+            await self._cluster.execute_command("SCRIPT LOAD", self._text, target_nodes=node)
+            return await self._cluster.evalsha(*call)
+
+
 def _ranked(pairs: list[tuple[str, int]]) -> tuple[Entry, ...]:
     out: list[Entry] = []
     for pos, (user, score) in enumerate(pairs):
@@ -93,7 +135,7 @@ def _triples(flat: list[Any]) -> list[Entry]:
     ]
 
 
-def _translate(e: rexc.RedisError) -> Exception:
+def _translate(e: Exception) -> Exception:
     """Map a script refusal to its typed error, anything else to StoreUnavailable."""
     if isinstance(e, rexc.ResponseError):
         text = str(e)
@@ -122,7 +164,7 @@ class _Pipeliner:
     is retried through redis-py's own script object, which loads it.
     """
 
-    def __init__(self, client: RedisClient, script: AsyncScript) -> None:
+    def __init__(self, client: RedisClient, script: Script) -> None:
         self._client = client
         self._script = script
         self._queue: list[tuple[list[str], list[str | int], asyncio.Future[Any]]] = []
@@ -175,15 +217,28 @@ class _Pipeliner:
 class Board:
     """Typed wrappers around the Lua scripts, one instance per Redis client."""
 
-    def __init__(self, client: RedisClient, *, leeway_s: int, rate_limit_per_min: int) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        leeway_s: int,
+        rate_limit_per_min: int,
+        subscriber: ClusterSubscriber | None = None,
+    ) -> None:
         self.client = client
+        self._subscriber = subscriber
         self._leeway_s = leeway_s
         self._rate_limit = rate_limit_per_min
-        self._increment: AsyncScript = client.register_script(load_lua("increment"))
-        self._page: AsyncScript = client.register_script(load_lua("page"))
-        self._around: AsyncScript = client.register_script(load_lua("around"))
-        self._user: AsyncScript = client.register_script(load_lua("user"))
-        self._erase: AsyncScript = client.register_script(load_lua("erase"))
+        register = (
+            (lambda text: ClusterScript(client, text))
+            if isinstance(client, aioredis.RedisCluster)
+            else client.register_script
+        )
+        self._increment: Script = register(load_lua("increment"))
+        self._page: Script = register(load_lua("page"))
+        self._around: Script = register(load_lua("around"))
+        self._user: Script = register(load_lua("user"))
+        self._erase: Script = register(load_lua("erase"))
         self._keys: dict[str, keys.BoardKeys] = {}
         # Board -> when it was last added to the board set. Re-added now and then, so a
         # Redis that lost its data lists the board again for the sink within seconds.
@@ -196,7 +251,7 @@ class Board:
             if not cluster
         }
 
-    async def _run(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
+    async def _run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
         """One script call, batched with the others of this event-loop turn when possible."""
         batch = self._calls.get(script)
         if batch is not None:
@@ -253,7 +308,7 @@ class Board:
                 MAX_SCORE,
             ]
             r = await self._run(self._increment, script_keys, script_args)
-        except rexc.RedisError as e:
+        except REDIS_ERRORS as e:
             raise _translate(e) from None
         return Increment(
             user_id=user_id,
@@ -271,7 +326,7 @@ class Board:
         """The stored top-100 snapshot (version 0 and no entries for an empty board)."""
         try:
             v, d, t = await self.client.hmget(self.keys(board).top, ["v", "d", "t"])
-        except rexc.RedisError as e:
+        except REDIS_ERRORS as e:
             raise _translate(e) from None
         if v is None or d is None:
             return Snapshot(0, int(time.time() * 1000), ())
@@ -283,7 +338,7 @@ class Board:
         k = self.keys(board)
         try:
             flat = await self._run(self._page, [k.scores, k.top], [offset, offset + limit - 1])
-        except rexc.RedisError as e:
+        except REDIS_ERRORS as e:
             raise _translate(e) from None
         return int(flat[0]), _triples(flat[1:])
 
@@ -291,7 +346,7 @@ class Board:
         """A user's score and rank, or None."""
         try:
             r = await self._run(self._user, [self.keys(board).scores], [user_id])
-        except rexc.RedisError as e:
+        except REDIS_ERRORS as e:
             raise _translate(e) from None
         return Entry(int(r[1]), user_id, int(r[0])) if r else None
 
@@ -299,7 +354,7 @@ class Board:
         """The user's entry with up to n neighbours on each side, or None."""
         try:
             flat = await self._run(self._around, [self.keys(board).scores], [user_id, n])
-        except rexc.RedisError as e:
+        except REDIS_ERRORS as e:
             raise _translate(e) from None
         return _triples(flat) if flat else None
 
@@ -311,7 +366,7 @@ class Board:
                 keys=[k.scores, k.top, k.seq, k.events],
                 args=[user_id, int(time.time() * 1000), keys.channel(board), board],
             )
-        except rexc.RedisError as e:
+        except REDIS_ERRORS as e:
             raise _translate(e) from None
         if not int(r[0]):
             return None
@@ -319,12 +374,18 @@ class Board:
 
     def pubsub_client(self) -> Any:
         """The client whose `pubsub()` sees every board's channel."""
-        return self.client
+        return self._subscriber or self.client
+
+    async def aclose(self) -> None:
+        """Close the client (and, on a cluster, the subscription clients)."""
+        if self._subscriber is not None:
+            await self._subscriber.aclose()
+        await self.client.aclose()
 
     async def ping(self) -> None:
         try:
             await self.client.ping()
-        except rexc.RedisError as e:
+        except REDIS_ERRORS as e:
             raise _translate(e) from None
 
 
@@ -361,15 +422,66 @@ def hiredis_packing(cls: type[Any]) -> type[Any]:
     return packed
 
 
+_COMMON: dict[str, Any] = {
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "health_check_interval": 30,
+}
+
+
 def connect(url: str, *, cluster: bool = False) -> RedisClient:
     """A Redis client for the URL (no I/O yet)."""
-    common: dict[str, Any] = {
-        "socket_connect_timeout": 2,
-        "socket_timeout": 5,
-        "health_check_interval": 30,
-    }
     if cluster:
-        return aioredis.RedisCluster.from_url(url, **common)
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=128, timeout=5, **common)
+        return aioredis.RedisCluster.from_url(url, **_COMMON)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=128, timeout=5, **_COMMON)
     pool.connection_class = hiredis_packing(pool.connection_class)
     return aioredis.Redis.from_pool(pool)
+
+
+def node_url(url: str, host: str, port: int) -> str:
+    """`url` (credentials, TLS options) pointed at another node, db 0."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{address}", path=""))
+
+
+class ClusterSubscriber:
+    """Pub/Sub on a Redis Cluster: a classic PUBLISH reaches every node, so a plain
+    subscription on any one node sees every board's channel.
+
+    Each `pubsub()` (the hub asks for one per (re)connection) takes the next node the
+    cluster client knows, so a subscription lost with its node comes back on another.
+    Before the cluster client has seen the topology, the URL's own node is used.
+    """
+
+    def __init__(self, url: str, cluster: RedisClient) -> None:
+        self._url = url
+        self._cluster = cluster
+        self._turn = 0
+        self._clients: dict[tuple[str, int], aioredis.Redis] = {}
+
+    def nodes(self) -> list[tuple[str, int]]:
+        """The known nodes, primaries and replicas, in a stable order."""
+        known = sorted((n.host, int(n.port)) for n in self._cluster.get_nodes())
+        if known:
+            return known
+        parts = urlsplit(self._url)
+        return [(parts.hostname or "127.0.0.1", parts.port or 6379)]
+
+    def pubsub(self) -> Any:
+        """A PubSub on the next node."""
+        nodes = self.nodes()
+        node = nodes[self._turn % len(nodes)]
+        self._turn += 1
+        client = self._clients.get(node)
+        if client is None:
+            client = self._clients[node] = aioredis.Redis.from_url(
+                node_url(self._url, *node), **_COMMON
+            )
+        return client.pubsub()
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()

@@ -40,13 +40,17 @@ def redis_client(settings: Settings) -> board_mod.RedisClient:
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     client = redis_client(settings)
+    cluster = settings.redis_cluster and not settings.embedded_redis
     store = Board(
-        client, leeway_s=settings.jwt_leeway_s, rate_limit_per_min=settings.rate_limit_per_min
+        client,
+        leeway_s=settings.jwt_leeway_s,
+        rate_limit_per_min=settings.rate_limit_per_min,
+        subscriber=board_mod.ClusterSubscriber(settings.redis_url, client) if cluster else None,
     )
     app[BOARD] = store
     app[HUB] = Hub(store, app[METRICS])
     yield
-    await client.aclose()
+    await store.aclose()
 
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
