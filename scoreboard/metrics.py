@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import (
@@ -11,7 +12,13 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    generate_latest,
+    multiprocess,
 )
+
+# Set by the supervisor for its HTTP workers (SCOREBOARD_WORKERS > 1): each process
+# writes its values there and /metrics, whichever worker answers, shows the sums.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 OUTCOMES = (
     "ok",
@@ -33,6 +40,10 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._exposed = self.registry
+        if os.environ.get(MULTIPROC_ENV):
+            self._exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self._exposed)  # type: ignore[no-untyped-call]
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -77,7 +88,8 @@ class Metrics:
             "scoreboard_sink_lag_events",
             "Stream entries not yet committed to the database",
             registry=r,
-            multiprocess_mode="max",
+            # live: a replaced sink process's last value must not linger as the max.
+            multiprocess_mode="livemax",
         )
         self._timers: dict[tuple[str, str, int], Any] = {}
         # Children created up front: every label value shows from the first scrape.
@@ -94,3 +106,7 @@ class Metrics:
         if child is None:
             child = self._timers[key] = self.http_duration.labels(route, method, str(status))
         return child
+
+    def exposition(self) -> bytes:
+        """The text format for /metrics: this process's, or every worker's summed."""
+        return generate_latest(self._exposed)

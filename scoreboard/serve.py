@@ -1,4 +1,4 @@
-"""`scoreboard serve`: run the HTTP application."""
+"""`scoreboard serve`: run the HTTP application (one process, or a supervised group)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from .http.app import create_app
 logger = logging.getLogger(__name__)
 
 
-def _install_uvloop() -> None:
+def install_uvloop() -> None:
+    """Use uvloop's event loop when it is installed."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - optional speed-up
@@ -25,9 +26,13 @@ def _install_uvloop() -> None:
 def serve(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit code."""
     logs.setup(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        from .supervisor import supervise
+
+        return supervise(settings)
     if settings.embedded_redis or settings.embedded_database:
         embedded.announce(settings)
-    _install_uvloop()
+    install_uvloop()
     app = create_app(settings)
     logger.info("listening on http://%s:%d", settings.http_host, settings.http_port)
     web.run_app(
@@ -38,5 +43,9 @@ def serve(settings: Settings) -> int:
         access_log=None,
         shutdown_timeout=10,
         handle_signals=True,
+        # In server mode several `serve` processes (or containers sharing a network
+        # namespace) may share the port; the embedded store lives in one process, so
+        # there a second server on the port is refused as usual.
+        reuse_port=not settings.embedded_redis,
     )
     return 0
