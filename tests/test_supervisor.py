@@ -22,7 +22,7 @@ import redis
 
 from scoreboard.config import Settings
 from scoreboard.metrics import MULTIPROC_ENV
-from scoreboard.supervisor import settings_env, worker_env, worker_settings
+from scoreboard.supervisor import Supervisor, settings_env, worker_env, worker_settings
 
 from .conftest import ACTION_SECRET, JWT_SECRET, Tokens, new_user
 from .servers import RedisServer, free_port, port_open
@@ -390,3 +390,69 @@ def test_a_taken_port_is_refused_at_once(redis_url: str, tmp_path: Path) -> None
         )
     assert done.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+class _FakeProc:
+    """Stands in for a worker process in the supervisor's bookkeeping tests."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        return self.code
+
+
+class _ScriptedSupervisor(Supervisor):
+    def __init__(self, settings: Settings, metrics_dir: str) -> None:
+        super().__init__(settings, env={})
+        self._metrics_dir = metrics_dir
+        self.spawned: list[int] = []
+
+    def _spawn(self, slot: Any) -> None:
+        slot.proc = _FakeProc(1000 + len(self.spawned))
+        slot.started = time.monotonic()
+        self.spawned.append(slot.index)
+
+
+def _proc(sup: Supervisor, index: int) -> Any:
+    """The slot's current (fake) process; Any, so that each read is fresh to the checker."""
+    return sup._slots[index].proc
+
+
+def test_a_worker_that_keeps_dying_at_start_is_restarted_ever_more_slowly(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", workers=2)
+    sup = _ScriptedSupervisor(settings, str(tmp_path))
+    slot = sup._slots[1]
+    for each in sup._slots:
+        sup._spawn(each)
+    delays = []
+    for _ in range(6):
+        _proc(sup, 1).code = 1
+        before = len(sup.spawned)
+        assert sup._watch() is None
+        # Not replaced at once: it died right after its start.
+        assert len(sup.spawned) == before and _proc(sup, 1) is None
+        delays.append(round(slot.restart_at - time.monotonic(), 1))
+        slot.restart_at = time.monotonic() - 1
+        assert sup._watch() is None
+        assert sup.spawned[-1] == 1 and _proc(sup, 1) is not None
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
+    # A worker that had been up a while is replaced at once, and the pause starts over.
+    slot.started -= 60
+    _proc(sup, 1).code = -9
+    sup._watch()
+    assert _proc(sup, 1) is not None and slot.failures == 0
+    # Worker 0 was never touched.
+    assert sup.spawned.count(0) == 1
+
+
+def test_a_worker_configuration_error_stops_the_group(tmp_path: Path) -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", workers=2)
+    sup = _ScriptedSupervisor(settings, str(tmp_path))
+    for slot in sup._slots:
+        sup._spawn(slot)
+    _proc(sup, 0).code = 2
+    assert sup._watch() == 2
