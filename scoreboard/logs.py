@@ -24,6 +24,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        out.update(_tags)
         fields = getattr(record, "fields", None)
         if fields:
             out.update(fields)
@@ -38,7 +39,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
         line = f"{ts} {record.levelname.lower():7} {record.name}: {record.getMessage()}"
-        fields = getattr(record, "fields", None)
+        fields = {**_tags, **(getattr(record, "fields", None) or {})}
         if fields:
             line += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
         if record.exc_info:
@@ -48,6 +49,13 @@ class TextFormatter(logging.Formatter):
 
 # (stream, json?) once `setup` ran: structured events are written there directly.
 _direct: tuple[Any, bool] | None = None
+# Fields on every line of this process (an HTTP worker's index and pid), set by `tag`.
+_tags: dict[str, Any] = {}
+
+
+def tag(**fields: Any) -> None:
+    """Add fields to every log line this process writes from now on."""
+    _tags.update(fields)
 
 
 def setup(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
@@ -91,10 +99,11 @@ def event(
             "level": name,
             "logger": logger.name,
             "msg": msg,
+            **_tags,
             **fields,
         }
         line = orjson.dumps(out, default=str).decode()
     else:
-        extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        extra = " ".join(f"{k}={v}" for k, v in {**_tags, **fields}.items() if v is not None)
         line = f"{now.astimezone():%H:%M:%S} {name:7} {logger.name}: {msg} {extra}"
     stream.write(line + "\n")

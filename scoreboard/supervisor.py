@@ -275,18 +275,6 @@ def supervise(settings: Settings) -> int:
 # --- the worker side --------------------------------------------------------------------
 
 
-class _WorkerFields(logging.Filter):
-    """Tags every log line of a worker with its index and pid."""
-
-    def __init__(self, index: int) -> None:
-        super().__init__()
-        self.fields = {"worker": index, "pid": os.getpid()}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.fields = {**self.fields, **(getattr(record, "fields", None) or {})}
-        return True
-
-
 def _watch_parent(fd: int) -> Any:
     """An on_startup hook: when the supervisor is gone (its pipe end closes), shut down."""
     import asyncio
@@ -321,9 +309,7 @@ def run_worker(index: int, parent_fd: int, env: Mapping[str, str]) -> int:
         print(f"scoreboard: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     logs.setup(settings.log_level, settings.log_format)
-    tag = _WorkerFields(index)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(tag)
+    logs.tag(worker=index, pid=os.getpid())
     install_uvloop()
     app = create_app(settings)
     app.on_startup.append(_watch_parent(parent_fd))
