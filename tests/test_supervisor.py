@@ -456,3 +456,72 @@ def test_a_worker_configuration_error_stops_the_group(tmp_path: Path) -> None:
         sup._spawn(slot)
     _proc(sup, 0).code = 2
     assert sup._watch() == 2
+
+
+def _single(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "scoreboard", "serve"],
+            env=_clean_env() | env,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+
+
+def _wait_up(port: int, procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not port_open(port):
+        assert all(p.poll() is None for p in procs), "a server exited"
+        assert time.monotonic() < deadline, "no server came up"
+        time.sleep(0.05)
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def test_single_process_servers_share_the_port_in_server_mode_only(
+    redis_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = {
+        "SCOREBOARD_REDIS_URL": redis_url,
+        "SCOREBOARD_JWT_SECRET": JWT_SECRET,
+        "SCOREBOARD_ACTION_SECRET": ACTION_SECRET,
+        "SCOREBOARD_HTTP_PORT": str(port),
+        "SCOREBOARD_SINK": "false",
+        "SCOREBOARD_DATA_DIR": str(tmp_path / "data"),
+    }
+    # Two containers sharing a network namespace do this (compose.yaml's serve replicas).
+    procs = [_single(server, tmp_path / f"server-{i}.log") for i in range(2)]
+    try:
+        _wait_up(port, procs)
+        time.sleep(1.0)
+        assert all(p.poll() is None for p in procs), (tmp_path / "server-1.log").read_text()
+    finally:
+        _stop_all(procs)
+    assert [p.returncode for p in procs] == [0, 0]
+
+    embedded = {
+        "SCOREBOARD_HTTP_PORT": str(port),
+        "SCOREBOARD_DATA_DIR": str(tmp_path / "embedded"),
+        "SCOREBOARD_SINK": "false",
+    }
+    first = _single(embedded, tmp_path / "embedded-0.log")
+    try:
+        _wait_up(port, [first])
+        second = _single(embedded, tmp_path / "embedded-1.log")
+        # The embedded store lives in one process: a second one on the port is refused.
+        assert second.wait(START_TIMEOUT_S) != 0
+        assert "address already in use" in (tmp_path / "embedded-1.log").read_text()
+        assert first.poll() is None
+    finally:
+        _stop_all([first])
