@@ -283,8 +283,8 @@ class Board:
         try:
             now = time.monotonic()
             if now - self._registered.get(board, -REGISTER_EVERY_S) >= REGISTER_EVERY_S:
-                await self.client.sadd(keys.BOARDS_KEY, board)
                 self._registered[board] = now
+                await self._register(board)
             script_keys = [
                 k.scores,
                 k.top,
@@ -321,6 +321,15 @@ class Board:
             version=int(r[4]),
             seq=int(r[5]),
         )
+
+    async def _register(self, board: str) -> None:
+        """Add the board to the board set, best effort: on a Redis Cluster the set lives on
+        one node, whose outage must not stop the boards of the other nodes. The next try
+        comes REGISTER_EVERY_S later."""
+        try:
+            await self.client.sadd(keys.BOARDS_KEY, board)
+        except REDIS_ERRORS as e:
+            logger.warning("could not add board %s to the board set: %s", board, e)
 
     async def snapshot(self, board: str) -> Snapshot:
         """The stored top-100 snapshot (version 0 and no entries for an empty board)."""
