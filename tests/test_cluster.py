@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,12 @@ from scoreboard.config import Settings
 from scoreboard.errors import StoreUnavailable
 from scoreboard.http.app import create_app
 from scoreboard.http.state import BOARD, HUB
+from scoreboard.metrics import Metrics
+from scoreboard.sink import Sink
 
 from .cluster import RedisClusterServers
 from .conftest import ACTION_SECRET, JWT_SECRET, AiohttpClient, Tokens, new_user
+from .durable import FAST, db_totals, live_scores, pg_store, push
 
 # Boards whose hash tags fall on every node of a three-master cluster (checked below).
 BOARDS = ("global", "season-1", "season-2", "eu", "us", "asia")
@@ -269,3 +274,52 @@ def test_cluster_helper_sees_three_masters(cluster: RedisClusterServers) -> None
         text = info.decode() if isinstance(info, bytes) else str(info)
     assert "cluster_state:ok" in text
     assert "cluster_size:3" in text
+
+
+async def test_sink_drains_every_boards_stream(
+    cluster: RedisClusterServers, cluster_settings: Settings, pg_url: str
+) -> None:
+    live = Board(connect(cluster.url, cluster=True), leeway_s=10, rate_limit_per_min=0)
+    db = await pg_store(pg_url)
+    sink = Sink(connect(cluster.url, cluster=True), db, Metrics(), FAST)
+    users = [new_user() for _ in range(5)]
+    try:
+        for i in range(90):
+            await push(live, users[i % 5], 1 + i % 4, board=BOARDS[i % len(BOARDS)])
+        task = asyncio.create_task(sink.run())
+        try:
+            assert await sink.drain(20)
+        finally:
+            sink.stop()
+            await asyncio.wait_for(task, 10)
+        totals = db_totals(pg_url)
+        assert totals["events"] == totals["ids"] == 90
+        assert totals["sums"] == totals["scores"] == await live_scores(live, list(BOARDS))
+        assert {b for b, _ in totals["scores"]} == set(BOARDS)
+        for board in BOARDS:
+            events = keys.BoardKeys(board).events
+            assert (await live.client.xpending(events, keys.SINK_GROUP))["pending"] == 0
+        assert sink.committed == 90
+    finally:
+        await sink.client.aclose()
+        await db.close()
+        await live.aclose()
+
+
+async def test_serve_on_the_cluster_persists_through_its_sink(
+    aiohttp_client: AiohttpClient, cluster_settings: Settings, ctokens: Tokens, pg_url: str
+) -> None:
+    await (await pg_store(pg_url)).close()  # `scoreboard migrate` ran before the deploy
+    settings = replace(cluster_settings, database_url=pg_url, sink=True)
+    client = await aiohttp_client(create_app(settings))
+    users = [new_user() for _ in range(4)]
+    expected: dict[tuple[str, str], int] = {}
+    for i in range(24):
+        board, user = BOARDS[i % len(BOARDS)], users[i % len(users)]
+        data = await _increment(client, ctokens, board, user, 1 + i % 3)
+        expected[(board, user)] = data["score"]
+    deadline = time.monotonic() + 20
+    while db_totals(pg_url)["scores"] != expected:
+        assert time.monotonic() < deadline, db_totals(pg_url)
+        await asyncio.sleep(0.1)
+    assert db_totals(pg_url)["events"] == 24

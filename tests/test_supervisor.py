@@ -20,11 +20,13 @@ import orjson
 import pytest
 import redis
 
+from scoreboard import keys
 from scoreboard.config import Settings
 from scoreboard.metrics import MULTIPROC_ENV
 from scoreboard.supervisor import Supervisor, settings_env, worker_env, worker_settings
 
 from .conftest import ACTION_SECRET, JWT_SECRET, Tokens, new_user
+from .durable import db_totals, pg_store
 from .servers import RedisServer, free_port, port_open
 
 START_TIMEOUT_S = 30.0
@@ -525,3 +527,36 @@ def test_single_process_servers_share_the_port_in_server_mode_only(
         assert first.poll() is None
     finally:
         _stop_all([first])
+
+
+async def test_only_worker_0_runs_the_sink(
+    group_settings: Settings, tokens: Tokens, tmp_path: Path, pg_url: str
+) -> None:
+    await (await pg_store(pg_url)).close()  # `scoreboard migrate` ran before the deploy
+    settings = replace(group_settings, database_url=pg_url, sink=True)
+    group = Supervised(settings, tmp_path / "serve.log").start()
+    try:
+        sinks = {line["worker"]: line["sink"] for line in group.lines() if "sink" in line}
+        assert sinks == {0: True, 1: False}
+        users = [new_user() for _ in range(4)]
+        async with _session() as session:
+            for i in range(20):
+                headers, body = tokens.request(users[i % 4], 1 + i % 3)
+                async with session.post(
+                    f"{group.base}/scores/increment", json=body, headers=headers
+                ) as r:
+                    assert r.status == 200, await r.text()
+        deadline = time.monotonic() + 20
+        while db_totals(pg_url)["events"] < 20:
+            assert time.monotonic() < deadline, db_totals(pg_url)
+            await asyncio.sleep(0.1)
+        totals = db_totals(pg_url)
+        assert totals["events"] == 20 and totals["sums"] == totals["scores"]
+        # One process drains the stream: every consumer in the group is worker 0's.
+        events = keys.BoardKeys(keys.GLOBAL_BOARD).events
+        with redis.Redis.from_url(settings.redis_url) as r:
+            consumers = r.xinfo_consumers(events, keys.SINK_GROUP)
+        worker0 = group.listening()[0]
+        assert consumers and all(f"-{worker0}-" in c["name"].decode() for c in consumers)
+    finally:
+        group.stop()
