@@ -249,3 +249,12 @@ def test_readme_says_the_stack_was_not_run_here() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "compose.yaml" in readme
     assert "has not been run" in readme
+
+
+def test_compose_commands_are_cli_commands(compose: dict[str, Any]) -> None:
+    from scoreboard.cli import build_parser
+
+    _, commands = build_parser()
+    for name, service in compose["services"].items():
+        if service.get("build") and service.get("command"):
+            assert _command(service)[0] in commands, name
