@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,7 @@ from scoreboard.sink import Sink
 from .cluster import RedisClusterServers
 from .conftest import ACTION_SECRET, JWT_SECRET, AiohttpClient, Tokens, new_user
 from .durable import FAST, db_totals, live_scores, pg_store, push
+from .streams import event_data, next_event
 
 # Boards whose hash tags fall on every node of a three-master cluster (checked below).
 BOARDS = ("global", "season-1", "season-2", "eu", "us", "asia")
@@ -323,3 +325,20 @@ async def test_serve_on_the_cluster_persists_through_its_sink(
         assert time.monotonic() < deadline, db_totals(pg_url)
         await asyncio.sleep(0.1)
     assert db_totals(pg_url)["events"] == 24
+
+
+async def test_sse_updates_for_boards_on_every_node(
+    cclient: TestClient[Any, Any], ctokens: Tokens
+) -> None:
+    for board in BOARDS:
+        user = new_user()
+        async with cclient.get(_path(board, "/scores/stream") + f"?userId={user}") as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            first = json.loads(event_data(await next_event(r.content, "top", within=5)))
+            assert first["entries"] == []
+            applied = await _increment(cclient, ctokens, board, user, 11)
+            score = json.loads(event_data(await next_event(r.content, "score", within=5)))
+            assert score["userId"] == user and score["eventId"] == applied["eventId"]
+            top = json.loads(event_data(await next_event(r.content, "top", within=5)))
+            assert top["entries"] == [{"rank": 1, "userId": user, "score": 11}]
