@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -23,11 +24,18 @@ import redis
 from scoreboard import keys
 from scoreboard.config import Settings
 from scoreboard.metrics import MULTIPROC_ENV
-from scoreboard.supervisor import Supervisor, settings_env, worker_env, worker_settings
+from scoreboard.supervisor import (
+    SHUTDOWN_TIMEOUT_S,
+    Supervisor,
+    settings_env,
+    worker_env,
+    worker_settings,
+)
 
 from .conftest import ACTION_SECRET, JWT_SECRET, Tokens, new_user
 from .durable import db_totals, pg_store
 from .servers import RedisServer, free_port, port_open
+from .streams import next_event
 
 START_TIMEOUT_S = 30.0
 
@@ -560,3 +568,65 @@ async def test_only_worker_0_runs_the_sink(
         assert consumers and all(f"-{worker0}-" in c["name"].decode() for c in consumers)
     finally:
         group.stop()
+
+
+async def _gauge(session: aiohttp.ClientSession, base: str, line_start: str) -> float:
+    async with session.get(f"{base}/metrics") as r:
+        text = await r.text()
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {line_start} in /metrics")
+
+
+SSE_GAUGE = 'scoreboard_stream_clients{transport="sse"}'
+STREAMS = 16
+
+
+async def _gauge_becomes(session: aiohttp.ClientSession, base: str, want: float) -> None:
+    deadline = time.monotonic() + 10
+    while (got := await _gauge(session, base, SSE_GAUGE)) != want:
+        assert time.monotonic() < deadline, (got, want)
+        await asyncio.sleep(0.1)
+
+
+async def test_stream_clients_are_counted_over_live_workers(group: Supervised) -> None:
+    before = group.listening()
+    async with _session() as session, contextlib.AsyncExitStack() as streams:
+        responses = []
+        # 16 connections: all on one worker by chance once in 30,000 runs.
+        for _ in range(STREAMS):
+            r = await streams.enter_async_context(session.get(f"{group.base}/scores/stream"))
+            assert r.status == 200
+            await next_event(r.content, "top", within=5)
+            responses.append(r)
+        await _gauge_becomes(session, group.base, STREAMS)
+        # Worker 1 dies with its streams; its share leaves the sum with it.
+        os.kill(before[1], signal.SIGKILL)
+
+        async def open_(r: aiohttp.ClientResponse) -> bool:
+            try:
+                return (await asyncio.wait_for(r.content.read(1), 1.0)) != b""
+            except TimeoutError:
+                return True  # still open: nothing to say before the next ping
+            except aiohttp.ClientError:
+                return False
+
+        alive = sum(await asyncio.gather(*(open_(r) for r in responses)))
+        assert 0 < alive < STREAMS
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while group.listening().get(1) == before[1]:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await _gauge_becomes(session, group.base, alive)
+    async with _session() as session:
+        await _gauge_becomes(session, group.base, 0)
+        # A stream open at SIGTERM is ended by the drain, which does not wait it out.
+        async with session.get(f"{group.base}/scores/stream") as r:
+            await next_event(r.content, "top", within=5)
+            started = time.monotonic()
+            assert await asyncio.to_thread(group.stop) == 0
+            assert time.monotonic() - started < SHUTDOWN_TIMEOUT_S
+            with contextlib.suppress(aiohttp.ClientError):
+                await asyncio.wait_for(r.content.read(), 5)
+            assert r.content.at_eof()
