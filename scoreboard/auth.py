@@ -181,7 +181,12 @@ class Verifier:
             raise InvalidToken("token sub is not a UUID", reason="sub")
         scope = claims.get("scope")
         scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
-        principal = Principal(user_id, scopes, float(claims["exp"]))
+        try:
+            exp = float(claims["exp"])
+        except OverflowError:
+            # A public-key token's exp is any JSON integer (10**400 passes pyjwt's checks).
+            raise InvalidToken("token exp is out of range", reason="malformed") from None
+        principal = Principal(user_id, scopes, exp)
         # A token that is not yet valid (nbf) must not be remembered as valid.
         if "nbf" not in claims:
             if len(self._cache) >= _CLAIMS_CACHE_MAX:

@@ -156,6 +156,18 @@ class _Stopped(Exception):
     pass
 
 
+def _raise_if_cancelled() -> None:
+    """End the current task if it was cancelled, even when the cancellation was lost.
+
+    A cancellation that lands inside a blocking redis-py read can come out as a
+    ConnectionError (or not at all); a loop that retries on Redis errors would then run
+    on and whoever awaits it (shutdown) would wait forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Sink:
     """Drains every board's stream into `store` until `stop()` or cancellation."""
 
@@ -203,6 +215,7 @@ class Sink:
         )
         try:
             while not self.stopping:
+                _raise_if_cancelled()
                 try:
                     boards = await known_boards(self.client, self.options.boards)
                 except (rexc.RedisError, OSError):
@@ -254,6 +267,7 @@ class Sink:
         loop = _BoardLoop(self, board, f"{self.consumer}-{lane}")
         backoff = 0.1
         while not self.stopping:
+            _raise_if_cancelled()
             try:
                 await loop.step()
                 backoff = 0.1
@@ -285,6 +299,7 @@ class Sink:
         """Write the batch (retrying while the database is down), then acknowledge it."""
         backoff = 0.1
         while True:
+            _raise_if_cancelled()
             try:
                 if not self._schema_ready:
                     async with self._schema_lock:

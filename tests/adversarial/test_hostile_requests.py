@@ -17,6 +17,7 @@ so the `Last-Event-ID` rows the issue asks for are not in this table.
 from __future__ import annotations
 
 import gzip
+import re
 import secrets
 import time
 import zlib
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from scoreboard.config import Settings
@@ -307,6 +309,15 @@ def check_reply(row: Row, reply: Reply) -> str | None:
     return None
 
 
+def label_problems(app: web.Application, metrics: Reply) -> list[str]:
+    """Hostile paths must not become metric labels: routes are the router's templates."""
+    routes = {r.canonical for r in app.router.resources()} | {"unmatched"}
+    seen = set(re.findall(r'scoreboard_http_request_duration_seconds_count\{[^}]*route="([^"]*)"', metrics.body.decode()))  # fmt: skip
+    if "/scores/increment" not in seen:
+        return ["no request timings in /metrics: the label check saw nothing"]
+    return [f"metric label route={r!r}" for r in sorted(seen - routes)]
+
+
 async def test_hostile_requests(settings: Settings, pg_url: str, redis_url: str) -> None:
     db = await pg_store(pg_url)  # migrate: the in-process sink writes into this database
     await db.close()
@@ -352,6 +363,9 @@ async def test_hostile_requests(settings: Settings, pg_url: str, redis_url: str)
         if sink.committed != committed:
             problems.append(f"the sink committed {sink.committed - committed} more entries")
         elapsed = time.monotonic() - started
+        problems += label_problems(
+            app, await exchange(host, port, raw_request("GET", "/metrics", []))
+        )
         print(
             f"\nhostile requests tried / 5xx seen / state changes seen: "
             f"{len(rows)} / {server_errors} / {changes} ({elapsed:.1f} s;"

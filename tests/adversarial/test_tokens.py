@@ -22,9 +22,6 @@ clock), so the boundaries above are exact and the test is deterministic.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -39,7 +36,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from scoreboard import auth
 from scoreboard.config import Settings
@@ -47,37 +44,12 @@ from scoreboard.http.app import create_app
 
 from ..conftest import ACTION_SECRET, JWT_SECRET, AiohttpClient, new_user, settings_with
 from ..helpers import error_body_ok, redis_state
+from .support import b64, sign, unb64
 
 Client = TestClient[Any, Any]
 ISSUER = "https://issuer.example"
 AUDIENCE = "scoreboard"
 LEEWAY = 10
-ALGS = get_default_algorithms()
-
-
-def b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def unb64(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def sign(header: dict[str, Any], claims: dict[str, Any], key: Any) -> str:
-    """A compact JWS with exactly this header, signed as `header["alg"]` says.
-
-    HS* with raw key bytes (PEM bytes included: pyjwt refuses to, an attacker does not);
-    `none` gets an empty signature.
-    """
-    signing = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
-    alg = header.get("alg")
-    if alg == "none" or not isinstance(alg, str) or alg.lower() == "none":
-        return signing + "."
-    if alg.startswith("HS"):
-        digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}[alg]
-        raw = key if isinstance(key, bytes) else str(key).encode()
-        return f"{signing}.{b64(hmac.new(raw, signing.encode(), digest).digest())}"
-    return f"{signing}.{b64(ALGS[alg].sign(signing.encode(), key))}"
 
 
 def edit_claims(token: str, **changes: Any) -> str:
