@@ -115,6 +115,34 @@ async def exchange(host: str, port: int, raw: bytes, timeout_s: float = 10.0) ->
     return parse_reply(data)
 
 
+async def first_event(host: str, port: int, raw: bytes, timeout_s: float = 10.0) -> Reply:
+    """Send `raw` and read a streaming response up to its first complete `event: top`.
+
+    An error answer (which is not a stream) is read to its end as usual.
+    """
+    reader, writer = await asyncio.open_connection(host, port)
+    data = b""
+    try:
+        writer.write(raw)
+        await writer.drain()
+        async with asyncio.timeout(timeout_s):
+            while chunk := await reader.read(65536):
+                data += chunk
+                head, sep, body = data.partition(b"\r\n\r\n")
+                if sep and b"text/event-stream" not in head and parse_reply(data).body == body:
+                    continue  # not a stream: read on to the end
+                top = body.find(b"event: top")
+                if top >= 0 and body.find(b"\n\n", top) >= 0:
+                    break
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+        with suppress(ConnectionError):
+            await writer.wait_closed()
+    return parse_reply(data)
+
+
 async def live_state(url: str) -> dict[bytes, Any]:
     """Every key of the test db with its logical value.
 

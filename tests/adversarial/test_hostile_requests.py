@@ -10,8 +10,9 @@ code runs (a CR or LF inside a header value, NUL bytes in the request line, head
 or request line beyond the limits, contradictory framing): the documented answer is
 `400` with a short plain-text reason and the connection closed (docs/threat-model.md).
 
-The live-update stream routes (`/scores/stream`, `/scores/ws`) are not on main yet,
-so the `Last-Event-ID` rows the issue asks for are not in this table.
+Rows with `stream` set open `/scores/stream` with a hostile `Last-Event-ID` (garbage,
+100 KiB): the documented answer is the stream itself, opening with `retry` and the
+current snapshot, since the header's value is never parsed.
 """
 
 from __future__ import annotations
@@ -36,7 +37,16 @@ from scoreboard.http.state import SINK
 from ..conftest import Tokens, new_user, settings_with
 from ..durable import pg_store
 from ..helpers import error_body_ok
-from .support import Header, Reply, chunked, db_state, exchange, live_state, raw_request
+from .support import (
+    Header,
+    Reply,
+    chunked,
+    db_state,
+    exchange,
+    first_event,
+    live_state,
+    raw_request,
+)
 
 JSON = "application/json"
 
@@ -49,6 +59,7 @@ class Row:
     raw: bytes
     status: int
     code: str | None  # None: refused by the HTTP parser (plain-text 400, connection closed)
+    stream: bool = False  # 200 expected is the live stream: its first event is checked
 
 
 @dataclass
@@ -279,6 +290,32 @@ def request_id_rows(c: Ctx) -> list[Row]:
     return rows
 
 
+def stream_rows(c: Ctx) -> list[Row]:
+    """The live routes: hostile Last-Event-ID values get the current snapshot (documented);
+    hostile parameters get 400."""
+    rows: list[Row] = []
+    for name, value in (
+        ("garbage", b"'; DROP TABLE score_events; --"),
+        ("negative", b"-1"),
+        ("30 digits", b"9" * 30),
+        ("a future version", b"999999"),
+        ("non-ASCII bytes", "\u00e9\u0430\u200b".encode()),
+        ("JSON", b'{"version": 1}'),
+        ("100 KiB", b"7" * 102400),
+    ):
+        raw = raw_request("GET", "/scores/stream", [("Last-Event-ID", value)])
+        rows.append(Row(f"stream: Last-Event-ID {name}", raw, 200, None, stream=True))
+    raw = raw_request("GET", f"/scores/stream?userId={c.victim}", [("Last-Event-ID", "x" * 102400)])
+    rows.append(Row("stream: userId and a 100 KiB Last-Event-ID", raw, 200, None, stream=True))
+    for query in ("userId=alice", f"userId={c.victim}&userId={c.victim}", f"userId={c.victim}%00", "userId="):  # fmt: skip
+        rows.append(Row(f"stream: ?{query[:40]}", raw_request("GET", f"/scores/stream?{query}", []), 400, "bad_request"))  # fmt: skip
+    rows.append(Row("stream: /boards/../scores/stream", raw_request("GET", "/boards/../scores/stream", []), 400, "bad_request"))  # fmt: skip
+    rows.append(Row("stream: POST", raw_request("POST", "/scores/stream", [], b"{}"), 405, "method_not_allowed"))  # fmt: skip
+    rows.append(Row("ws: no upgrade", raw_request("GET", "/scores/ws", []), 400, "bad_request"))
+    rows.append(Row("ws: ?userId=alice", raw_request("GET", "/scores/ws?userId=alice", []), 400, "bad_request"))  # fmt: skip
+    return rows
+
+
 def all_rows(c: Ctx) -> list[Row]:
     return [
         *body_rows(c),
@@ -287,13 +324,16 @@ def all_rows(c: Ctx) -> list[Row]:
         *parser_rows(c),
         *path_rows(c),
         *request_id_rows(c),
+        *stream_rows(c),
     ]
 
 
-def check_reply(row: Row, reply: Reply) -> str | None:
-    """What is wrong with the answer to `row`, or None."""
+def check_reply(row: Row, reply: Reply, top: dict[str, Any]) -> str | None:
+    """What is wrong with the answer to `row`, or None (`top`: the board's current top)."""
     if reply.status != row.status:
         return f"status {reply.status} (want {row.status}): {reply.body[:200]!r}"
+    if row.stream:
+        return check_stream(reply, top)
     if row.code is None:
         return None
     data = reply.json()
@@ -306,6 +346,21 @@ def check_reply(row: Row, reply: Reply) -> str | None:
         return f"X-Request-ID {rid!r} differs from the body's {data['requestId']!r}"
     if row.status == 401 and reply.header("www-authenticate") != 'Bearer error="invalid_token"':
         return "401 without WWW-Authenticate"
+    return None
+
+
+def check_stream(reply: Reply, top: dict[str, Any]) -> str | None:
+    """The stream opens with `retry` and the current snapshot, whatever Last-Event-ID said."""
+    if not (reply.header("content-type") or "").startswith("text/event-stream"):
+        return f"content type {reply.header('content-type')!r}"
+    text = reply.body.decode("utf-8", "replace")
+    event = next((b for b in text.split("\n\n") if "event: top" in b.splitlines()), None)
+    if "retry: 2000" not in text or event is None:
+        return f"no retry and first top event in {text[:300]!r}"
+    fields = dict(line.split(": ", 1) for line in event.splitlines() if ": " in line)
+    data = orjson.loads(fields.get("data", "null"))
+    if fields.get("id") != str(top["version"]) or data["entries"] != top["entries"][:10]:
+        return f"first event {event[:300]!r} is not the current top {top}"
     return None
 
 
@@ -342,15 +397,16 @@ async def test_hostile_requests(settings: Settings, pg_url: str, redis_url: str)
         before_live, before_db = await live_state(redis_url), db_state(pg_url)
         assert len(before_db["score_events"]) == 3
 
+        top = (await exchange(host, port, raw_request("GET", "/scores/top", []))).json()
         rows = all_rows(c)
         problems: list[str] = []
         server_errors = changes = 0
         started = time.monotonic()
         for row in rows:
-            reply = await exchange(host, port, row.raw)
+            reply = await (first_event if row.stream else exchange)(host, port, row.raw)
             if reply.status >= 500 or reply.status == 0:
                 server_errors += 1
-            if (problem := check_reply(row, reply)) is not None:
+            if (problem := check_reply(row, reply, top)) is not None:
                 problems.append(f"{row.name}: {problem}")
             if await live_state(redis_url) != before_live:
                 changes += 1
@@ -369,7 +425,8 @@ async def test_hostile_requests(settings: Settings, pg_url: str, redis_url: str)
         print(
             f"\nhostile requests tried / 5xx seen / state changes seen: "
             f"{len(rows)} / {server_errors} / {changes} ({elapsed:.1f} s;"
-            f" {sum(r.code is None for r in rows)} refused by the HTTP parser)"
+            f" {sum(r.code is None and not r.stream for r in rows)} refused by the HTTP parser,"
+            f" {sum(r.stream for r in rows)} live streams opened)"
         )
         assert len(rows) >= 60
         assert not problems, "\n".join(problems)
