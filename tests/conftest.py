@@ -24,6 +24,9 @@ from scoreboard.http.app import create_app
 
 from .servers import RedisServer, base_servers
 
+# The durability tests' `live` (Board) and `db` (PostgreSQL store) fixtures.
+pytest_plugins = ["tests.durable"]
+
 JWT_SECRET = "test-jwt-secret-" + "j" * 32
 ACTION_SECRET = "test-action-secret-" + "a" * 32
 CLAIM_KEY = "sb:test:claimed-by"

@@ -1,14 +1,18 @@
-"""Helpers of the durability tests: increments through the store, database queries."""
+"""Helpers of the durability tests: increments through the store, database queries, and
+the `live` (Board on the test Redis) and `db` (PostgreSQL store) fixtures."""
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
+import pytest
 
 from scoreboard import auth, keys
+from scoreboard import board as board_mod
 from scoreboard.board import Board, Increment
 from scoreboard.metrics import Metrics
 from scoreboard.persist.postgres import PostgresStore
@@ -69,3 +73,17 @@ async def pg_store(url: str) -> PostgresStore:
 
 def sink_for(store: Board, db: Any, options: SinkOptions = FAST) -> Sink:
     return Sink(store.client, db, Metrics(), options)
+
+
+@pytest.fixture
+async def live(redis_url: str) -> AsyncIterator[Board]:
+    client = board_mod.connect(redis_url)
+    yield Board(client, leeway_s=10, rate_limit_per_min=0)
+    await client.aclose()
+
+
+@pytest.fixture
+async def db(pg_url: str) -> AsyncIterator[PostgresStore]:
+    store = await pg_store(pg_url)
+    yield store
+    await store.close()

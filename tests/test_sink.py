@@ -4,34 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
-import pytest
-
-from scoreboard import board as board_mod
 from scoreboard import keys
 from scoreboard.board import Board
 from scoreboard.persist.postgres import PostgresStore
 from scoreboard.sink import Sink, board_lag, parse_entries
 
-from .durable import FAST, db_totals, live_scores, pg, pg_store, push, sink_for
+from .durable import FAST, db_totals, live_scores, pg, push, sink_for
 
 EVENTS = keys.BoardKeys(keys.GLOBAL_BOARD).events
-
-
-@pytest.fixture
-async def live(redis_url: str) -> AsyncIterator[Board]:
-    client = board_mod.connect(redis_url)
-    yield Board(client, leeway_s=10, rate_limit_per_min=0)
-    await client.aclose()
-
-
-@pytest.fixture
-async def db(pg_url: str) -> AsyncIterator[PostgresStore]:
-    store = await pg_store(pg_url)
-    yield store
-    await store.close()
 
 
 async def running(sink: Sink) -> asyncio.Task[None]:

@@ -6,12 +6,10 @@ import asyncio
 import io
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from scoreboard import board as board_mod
 from scoreboard import keys
 from scoreboard.board import Board
 from scoreboard.persist.base import Batch, Event
@@ -19,23 +17,9 @@ from scoreboard.persist.postgres import PostgresStore
 from scoreboard.persist.progress import Progress, Quiet
 from scoreboard.persist.reseed import ReseedBusy, Reseeder
 
-from ..durable import live_scores, pg_store, push, sink_for
+from ..durable import live_scores, push, sink_for
 
 K = keys.BoardKeys(keys.GLOBAL_BOARD)
-
-
-@pytest.fixture
-async def live(redis_url: str) -> AsyncIterator[Board]:
-    client = board_mod.connect(redis_url)
-    yield Board(client, leeway_s=10, rate_limit_per_min=0)
-    await client.aclose()
-
-
-@pytest.fixture
-async def db(pg_url: str) -> AsyncIterator[PostgresStore]:
-    store = await pg_store(pg_url)
-    yield store
-    await store.close()
 
 
 def reseeder(live: Board, db: PostgresStore, progress: Progress | None = None) -> Reseeder:
