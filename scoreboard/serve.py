@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 from aiohttp import web
@@ -23,6 +24,19 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+async def settle_gc(app: web.Application) -> None:
+    """Move what startup built out of the collector's way (an on_startup hook).
+
+    Everything alive once the application has started (modules, routes, the OpenAPI
+    document, connection pools) lives as long as the process. A full collection walked
+    all of it again and again: 45-70 ms pauses under load on the benchmark machine,
+    which was the whole of the increment path's p99.9. Frozen objects are never
+    scanned; objects created later are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def serve(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit code."""
     logs.setup(settings.log_level, settings.log_format)
@@ -34,6 +48,7 @@ def serve(settings: Settings) -> int:
         embedded.announce(settings)
     install_uvloop()
     app = create_app(settings)
+    app.on_startup.append(settle_gc)
     logger.info("listening on http://%s:%d", settings.http_host, settings.http_port)
     web.run_app(
         app,

@@ -301,7 +301,7 @@ def run_worker(index: int, parent_fd: int, env: Mapping[str, str]) -> int:
     from aiohttp import web
 
     from .http.app import create_app
-    from .serve import install_uvloop
+    from .serve import install_uvloop, settle_gc
 
     try:
         settings = Settings.from_env(env).with_secrets()
@@ -313,6 +313,7 @@ def run_worker(index: int, parent_fd: int, env: Mapping[str, str]) -> int:
     install_uvloop()
     app = create_app(settings)
     app.on_startup.append(_watch_parent(parent_fd))
+    app.on_startup.append(settle_gc)
 
     def listening(_: str) -> None:
         logs.event(
