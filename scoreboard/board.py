@@ -306,6 +306,7 @@ class Board:
                 keys.channel(board),
                 board,
                 MAX_SCORE,
+                keys.top_channel(board),
             ]
             r = await self._run(self._increment, script_keys, script_args)
         except REDIS_ERRORS as e:
@@ -373,7 +374,13 @@ class Board:
         try:
             r = await self._erase(
                 keys=[k.scores, k.top, k.seq, k.events],
-                args=[user_id, int(time.time() * 1000), keys.channel(board), board],
+                args=[
+                    user_id,
+                    int(time.time() * 1000),
+                    keys.channel(board),
+                    board,
+                    keys.top_channel(board),
+                ],
             )
         except REDIS_ERRORS as e:
             raise _translate(e) from None

@@ -11,6 +11,11 @@ import re
 GLOBAL_BOARD = "global"
 BOARD_ID_RE = re.compile(r"[a-z0-9_-]{1,64}")
 CHANNEL_PREFIX = "scoreboard.updates"
+# The service's own channel of top-100 changes (version bumps), erasures and reseeds:
+# what keeps every process's top cache and live top-10 current. Every change also goes
+# to the contract's channel above; processes subscribe to that one only while one of
+# their live clients watches a user's score events.
+TOP_CHANNEL_PREFIX = "scoreboard.top"
 # The sink's consumer group on every board stream.
 SINK_GROUP = "sink"
 # A set of every board that ever had a score: lets the sink and reseed find them.
@@ -22,13 +27,23 @@ def channel(board: str) -> str:
     return CHANNEL_PREFIX if board == GLOBAL_BOARD else f"{CHANNEL_PREFIX}.{board}"
 
 
-def board_of_channel(name: str) -> str | None:
-    """Inverse of `channel`; None for a channel that is not a board's."""
-    if name == CHANNEL_PREFIX:
+def top_channel(board: str) -> str:
+    """The Pub/Sub channel of a board's top changes."""
+    return TOP_CHANNEL_PREFIX if board == GLOBAL_BOARD else f"{TOP_CHANNEL_PREFIX}.{board}"
+
+
+def patterns(prefix: str) -> tuple[str, str]:
+    """The PSUBSCRIBE patterns that cover every board's channel of `prefix`."""
+    return prefix, prefix + ".*"
+
+
+def board_of_channel(name: str, prefix: str = CHANNEL_PREFIX) -> str | None:
+    """Inverse of `channel` (or `top_channel`, given its prefix); None for another channel."""
+    if name == prefix:
         return GLOBAL_BOARD
-    prefix = CHANNEL_PREFIX + "."
-    if name.startswith(prefix) and BOARD_ID_RE.fullmatch(name[len(prefix) :]):
-        return name[len(prefix) :]
+    dotted = prefix + "."
+    if name.startswith(dotted) and BOARD_ID_RE.fullmatch(name[len(dotted) :]):
+        return name[len(dotted) :]
     return None
 
 

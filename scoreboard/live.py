@@ -331,6 +331,9 @@ class Broadcaster:
         self._boards: dict[str, _BoardState] = {}
         self._per_ip: dict[str, int] = {}
         self._count = 0
+        # Clients watching a user's score events: while there are any, the hub receives
+        # every score change.
+        self._watching = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self.cut_offs = 0
@@ -395,6 +398,7 @@ class Broadcaster:
         if state is None:
             return
         if client.user is not None:
+            self._watching -= 1
             watchers = state.users.get(client.user)
             if watchers is not None:
                 watchers.discard(client)
@@ -402,7 +406,9 @@ class Broadcaster:
                     del state.users[client.user]
         client.user = user
         if user is not None:
+            self._watching += 1
             state.users.setdefault(user, set()).add(client)
+        self.hub.want_scores(self._watching > 0)
 
     async def snapshot(self, board: str) -> Frame:
         """The board's current `top` frame, for a client that just connected."""
@@ -428,6 +434,7 @@ class Broadcaster:
         if state is None:
             return
         if kind == "score":
+            # Top changes come on the top channel (kind "top"); this is a watched user's.
             user = message.get("userId")
             watchers = state.users.get(user) if isinstance(user, str) else None
             if watchers:
@@ -435,7 +442,7 @@ class Broadcaster:
                 for client in tuple(watchers):
                     client.offer(frame)
         # An erasure may or may not touch the top-10: the re-read tells (and costs one read).
-        if message.get("topChanged") is True or kind in ("erase", "reseed"):
+        elif message.get("topChanged") is True or kind in ("erase", "reseed"):
             self._schedule(board)
 
     def _schedule(self, board: str, *, force: bool = False) -> None:

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from scoreboard import hub as hub_mod
 from scoreboard import live as live_mod
 from scoreboard.config import Settings
 from scoreboard.http.state import BROADCASTER
@@ -71,7 +72,7 @@ async def test_a_burst_of_changes_is_read_once_and_sent_once(
         monkeypatch.setattr(live.hub._board, "snapshot", counting)
         await increment(client, tokens, new_user(), 9, board)
         # A hundred top-changing messages at once, as from a busy board.
-        message = {"type": "score", "topChanged": True, "userId": new_user(), "version": 2}
+        message = {"type": "top", "topChanged": True, "version": 2}
         for _ in range(100):
             live.on_message(board, message)
         block = await next_event(r.content, "top")
@@ -251,7 +252,7 @@ async def test_a_change_the_connect_snapshot_showed_is_not_sent_again(
         await read_event(r.content)
         assert (await read_event(r.content)).startswith("id: 1\n")
         # The change's own message, late: the snapshot already had it.
-        message = {"type": "score", "topChanged": True, "userId": user, "version": 1}
+        message = {"type": "top", "topChanged": True, "version": 1}
         live.on_message(board, message)
         with pytest.raises(TimeoutError):
             await read_event(r.content, within=0.4)
@@ -296,3 +297,33 @@ async def test_a_stalled_websocket_client_is_cut_off_too(
             await eventually(lambda: live.client_count == 1)
     finally:
         stalled.close()
+
+
+async def test_score_changes_are_received_only_while_a_user_is_watched(
+    aiohttp_client: AiohttpClient, settings: Settings, tokens: Tokens
+) -> None:
+    client = await aiohttp_client(live_app(settings))
+    live = client.app[BROADCASTER]
+    hub = live.hub
+    await asyncio.wait_for(hub.ready.wait(), 5)
+    top_only = {p.encode() for p in hub_mod.TOP_PATTERNS}
+    assert set(hub._pubsub.patterns) == top_only
+    board, user = new_board(), new_user()
+    await increment(client, tokens, new_user(), 50, board)
+    received: list[dict[str, Any]] = []
+    hub.add_listener(lambda _board, message: received.append(message))
+    # Nobody watches a user: this process reads top changes (each of these is one: the
+    # board has two users), not the score changes themselves.
+    await increment(client, tokens, user, 1, board)
+    await increment(client, tokens, user, 1, board)
+    await asyncio.sleep(0.3)
+    assert [m["type"] for m in received] == ["top", "top"]
+    async with client.get(f"/boards/{board}/scores/stream?userId={user}") as r:
+        # The subscription is confirmed before the snapshot goes out.
+        assert set(hub._pubsub.patterns) == top_only | {p.encode() for p in hub_mod.SCORE_PATTERNS}
+        await next_event(r.content, "top")
+        await increment(client, tokens, user, 3, board)
+        score = orjson.loads(event_data(await next_event(r.content, "score")))
+        assert (score["userId"], score["score"], score["delta"]) == (user, 5, 3)
+    await eventually(lambda: not hub._scores_on.is_set())
+    assert set(hub._pubsub.patterns) == top_only

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from scoreboard import keys
-from scoreboard.board import MAX_SCORE, Board
+from scoreboard.board import MAX_SCORE, Board, Increment
 from scoreboard.errors import InvalidDelta, RateLimited, Replay
 
 from .conftest import new_user
@@ -29,7 +29,7 @@ def make_board(client: Any, rate: int = 0) -> Board:
     return Board(client, leeway_s=10, rate_limit_per_min=rate)
 
 
-async def inc(board: Board, user: str, delta: int, nonce: str, name: str = "b1") -> object:
+async def inc(board: Board, user: str, delta: int, nonce: str, name: str = "b1") -> Increment:
     return await board.increment(
         name, user, delta, nonce, f"ev-{nonce}", "score", int(time.time()) + 60
     )
@@ -121,11 +121,11 @@ async def test_ranks_and_previous_rank(rclient: Any) -> None:
     await inc(board, a, 10, "1" * 16)
     await inc(board, b, 10, "2" * 16)
     r = await inc(board, c, 5, "3" * 16)
-    assert r.rank == 3  # type: ignore[attr-defined]
+    assert r.rank == 3
     r = await inc(board, c, 5, "4" * 16)
-    assert (r.rank, r.previous_rank) == (1, 3)  # type: ignore[attr-defined]
+    assert (r.rank, r.previous_rank) == (1, 3)
     r = await inc(board, c, 1, "5" * 16)
-    assert (r.rank, r.previous_rank) == (1, 1)  # type: ignore[attr-defined]
+    assert (r.rank, r.previous_rank) == (1, 1)
     _, entries = await board.page("b1", 0, 10)
     assert [(e.user_id, e.score, e.rank) for e in entries] == [(c, 11, 1), (a, 10, 2), (b, 10, 2)]
 
@@ -138,12 +138,12 @@ async def test_top_snapshot_untouched_outside_top_100(rclient: Any) -> None:
     k = keys.BoardKeys("b1")
     before = await rclient.hgetall(k.top)
     r = await inc(board, users[100], -5, "x" * 16)
-    assert r.top_changed is False  # type: ignore[attr-defined]
+    assert r.top_changed is False
     assert await rclient.hgetall(k.top) == before
     r = await inc(board, users[99], 1, "y" * 16)
     after = await rclient.hgetall(k.top)
     assert int(after[b"v"]) > int(before[b"v"])
-    assert r.top_changed is False  # type: ignore[attr-defined]  # 100th is outside the top-10
+    assert r.top_changed is False  # 100th is outside the top-10
 
 
 async def test_atomic_under_concurrency(rclient: Any) -> None:
@@ -181,3 +181,35 @@ async def test_board_set_heals_after_data_loss(
     monkeypatch.setattr(board_mod, "REGISTER_EVERY_S", 0.0)
     await inc(board, new_user(), 1, "i" * 16, name="healing")
     assert await rclient.smembers(keys.BOARDS_KEY) == {b"healing"}
+
+
+async def test_the_top_channel_hears_only_top_100_changes(rclient: Any) -> None:
+    board = make_board(rclient)
+    name = f"top-{new_user()[:8]}"
+    k = keys.BoardKeys(name)
+    await rclient.zadd(k.scores, {new_user(): -(1000 + i) for i in range(100)})
+    pubsub = rclient.pubsub()
+    await pubsub.subscribe(keys.top_channel(name), keys.channel(name))
+    for _ in range(2):
+        await pubsub.get_message(timeout=1)
+
+    async def published() -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        while (msg := await pubsub.get_message(timeout=0.3)) is not None:
+            if msg["type"] == "message":
+                out.append((msg["channel"].decode(), orjson.loads(msg["data"])))
+        return out
+
+    user = new_user()
+    # Below the 100th score: the contract's channel hears it, the top channel does not.
+    outside = await inc(board, user, 5, "nonce-top-000001", name)
+    assert [c for c, _ in await published()] == [keys.channel(name)]
+    inside = await inc(board, user, 5000, "nonce-top-000002", name)
+    got = dict(await published())
+    assert got[keys.top_channel(name)] == {
+        "type": "top", "boardId": name, "version": inside.seq, "topChanged": True,
+        "ts": got[keys.top_channel(name)]["ts"],
+    }  # fmt: skip
+    assert got[keys.channel(name)]["type"] == "score"
+    assert outside.version == 0
+    await pubsub.aclose()

@@ -204,10 +204,11 @@ async def test_a_reseed_message_refreshes_the_top(
         store = live.app[BROADCASTER].hub._board
         keys = store.keys(board)
         await store.client.hset(keys.top, mapping={"v": 9, "d": "[]", "t": int(time.time() * 1000)})
-        await store.client.publish(
-            f"scoreboard.updates.{board}",
-            orjson.dumps({"type": "reseed", "boardId": board, "version": 9, "topChanged": True}),
+        message = orjson.dumps(
+            {"type": "reseed", "boardId": board, "version": 9, "topChanged": True}
         )
+        await store.client.publish(f"scoreboard.updates.{board}", message)
+        await store.client.publish(f"scoreboard.top.{board}", message)
         block = await next_event(r.content, "top")
         assert block.startswith("id: 9\n")
         assert orjson.loads(event_data(block))["entries"] == []

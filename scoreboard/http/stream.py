@@ -47,6 +47,9 @@ async def sse(request: web.Request) -> web.StreamResponse:
     opts = live.options
     client = live.join(board, _peer(request), SSE, user)
     try:
+        if user is not None:
+            # Score events flow from the first one after the snapshot on.
+            await live.hub.scores_ready()
         # Read before the response starts, so a Redis failure is still a proper error response.
         # The client is already joined: a change arriving meanwhile is held for it, not lost.
         first = await live.snapshot(board)
@@ -95,6 +98,8 @@ async def _ws_receive(ws: web.WebSocketResponse, live: Broadcaster, client: Clie
             await ws.send_str(_ws_error("subscribe needs a user UUID"))
             continue
         live.subscribe(client, user)
+        if user is not None:
+            await live.hub.scores_ready()
 
 
 async def ws(request: web.Request) -> web.StreamResponse:
@@ -110,6 +115,8 @@ async def ws(request: web.Request) -> web.StreamResponse:
         raise BadRequest("this route needs a WebSocket upgrade")
     client = live.join(board, _peer(request), WS, user)
     try:
+        if user is not None:
+            await live.hub.scores_ready()
         first = await live.snapshot(board)
         writer = await sock.prepare(request)
         transport = request.transport

@@ -4,6 +4,7 @@
 -- KEYS[3] = sb:{<board>}:seq      per-board event sequence (user_scores.version)
 -- KEYS[4] = sb:{<board>}:events   stream drained by the sink (which erases the user there)
 -- ARGV[1] = user id   ARGV[2] = now (unix ms)   ARGV[3] = channel   ARGV[4] = board id
+-- ARGV[5] = top channel (gets the same message)
 -- returns: {0, 0, 0, 0} when the user has no score, else {1, version, seq, top10_changed}
 
 local user = ARGV[1]
@@ -31,7 +32,8 @@ redis.call('XADD', KEYS[4], '*', 'k', 'erase', 'u', user, 'q', seq, 'ts', now)
 local top_s = 'false'
 local top10 = 0
 if pos < 10 then top_s = 'true'; top10 = 1 end
-redis.call('PUBLISH', ARGV[3],
-  '{"type":"erase","boardId":"' .. ARGV[4] .. '","userId":"' .. user ..
-  '","version":' .. version .. ',"topChanged":' .. top_s .. ',"ts":' .. now .. '}')
+local message = '{"type":"erase","boardId":"' .. ARGV[4] .. '","userId":"' .. user ..
+  '","version":' .. version .. ',"topChanged":' .. top_s .. ',"ts":' .. now .. '}'
+redis.call('PUBLISH', ARGV[3], message)
+redis.call('PUBLISH', ARGV[5], message)
 return {1, version, seq, top10}

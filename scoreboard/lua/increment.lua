@@ -10,7 +10,7 @@
 -- ARGV[4] = event id       ARGV[5] = nonce ttl ms    ARGV[6] = rate limit (0 = off)
 -- ARGV[7] = ms left in the rate window               ARGV[8] = now (unix ms)
 -- ARGV[9] = source         ARGV[10] = channel        ARGV[11] = board id
--- ARGV[12] = largest allowed |score|
+-- ARGV[12] = largest allowed |score|                ARGV[13] = top channel
 -- returns: {score, rank, previous_rank (0 = none), top10_changed (0/1), version, seq}
 -- errors:  "SB_INVALID_DELTA <msg>", "SB_REPLAY <original json>", "SB_RATE_LIMITED <ms>"
 
@@ -83,6 +83,11 @@ local prev_s = 'null'
 if previous_rank > 0 then prev_s = string.format('%d', previous_rank) end
 local top_s = 'false'
 if top10 then top_s = 'true' end
+if top100 then
+  redis.call('PUBLISH', ARGV[13],
+    '{"type":"top","boardId":"' .. ARGV[11] .. '","version":' .. version ..
+    ',"topChanged":' .. top_s .. ',"ts":' .. now .. '}')
+end
 redis.call('PUBLISH', ARGV[10],
   '{"type":"score","boardId":"' .. ARGV[11] .. '","userId":"' .. user ..
   '","score":' .. score_s .. ',"rank":' .. rank_s .. ',"previousRank":' .. prev_s ..

@@ -8,6 +8,7 @@
 -- ARGV[1] = last stream id already folded into KEYS[1] ('0-0': none)
 -- ARGV[2] = newest sequence number in the database (the board's seq moves past it)
 -- ARGV[3] = now (unix ms)   ARGV[4] = channel   ARGV[5] = board id   ARGV[6] = reseed token
+-- ARGV[7] = top channel (gets the same message)
 -- returns: {version, users, stream entries applied here}
 
 -- Entries after ARGV[1] were written after the database snapshot was taken, so
@@ -48,7 +49,8 @@ redis.call('HSET', KEYS[3], 'v', version, 'd', '[' .. table.concat(parts, ',') .
 
 if redis.call('GET', KEYS[6]) == ARGV[6] then redis.call('DEL', KEYS[6]) end
 
-redis.call('PUBLISH', ARGV[4],
-  '{"type":"reseed","boardId":"' .. ARGV[5] .. '","version":' .. version ..
-  ',"topChanged":true,"ts":' .. ARGV[3] .. '}')
+local message = '{"type":"reseed","boardId":"' .. ARGV[5] .. '","version":' .. version ..
+  ',"topChanged":true,"ts":' .. ARGV[3] .. '}'
+redis.call('PUBLISH', ARGV[4], message)
+redis.call('PUBLISH', ARGV[7], message)
 return {version, redis.call('ZCARD', KEYS[2]), #tail}

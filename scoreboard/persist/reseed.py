@@ -128,6 +128,7 @@ class Reseeder:
                     keys.channel(board),
                     board,
                     token,
+                    keys.top_channel(board),
                 ],
             )
             await self.client.sadd(keys.BOARDS_KEY, board)
