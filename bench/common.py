@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -17,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,57 @@ class Proc:
                 self.popen.wait()
 
 
+def _cpu_ticks(pid: int) -> tuple[int, int] | None:
+    """(parent pid, user + system ticks) of a process, None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by a process and all its descendants."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (t := _cpu_ticks(int(entry.name))) is not None:
+            table[int(entry.name)] = t
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            total += table[pid][1]
+            todo += [p for p, (ppid, _) in table.items() if ppid == pid]
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by named process trees over a window (`with CpuMeter(...) as m`)."""
+
+    def __init__(self, **pids: int) -> None:
+        self.pids = pids
+        self.start: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+        self.wall = 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self.start = {name: tree_cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._t0
+        self.used = {n: tree_cpu_seconds(p) - self.start[n] for n, p in self.pids.items()}
+
+    def share(self) -> dict[str, float]:
+        """Each tree's CPU use over the window, in cores (1.0 = one core busy)."""
+        return {n: round(u / self.wall, 3) for n, u in self.used.items()}
+
+
+SERVER_PIDS: dict[int, int] = {}  # port -> pid of the server process started for it
+REDIS_PIDS: dict[str, int] = {}  # url -> pid of the throwaway redis-server
+
+
 @contextlib.contextmanager
 def redis_server(extra: Sequence[str] = ()) -> Iterator[str]:
     """A throwaway redis-server on the load CPU; yields its URL."""
@@ -77,9 +129,11 @@ def redis_server(extra: Sequence[str] = ()) -> Iterator[str]:
     cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
            "--appendonly", "no", "--dir", tmp, *extra]  # fmt: skip
     proc = subprocess.Popen(pinned(LOAD_CPU, cmd), stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    REDIS_PIDS[url] = proc.pid
     try:
         wait_port(port)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield url
     finally:
         proc.terminate()
         proc.wait()
@@ -108,6 +162,7 @@ def scoreboard_serve(redis_url: str, cpu: str = SERVER_CPU, **extra: str) -> Ite
     log = tempfile.NamedTemporaryFile(prefix="sb-bench-serve-", suffix=".log", delete=False)
     cmd = pinned(cpu, [PYTHON, "-m", "scoreboard", "serve"])
     proc = Proc("serve", subprocess.Popen(cmd, env=env, stdout=log, stderr=log))
+    SERVER_PIDS[port] = proc.popen.pid
     try:
         wait_port(port)
         yield port
@@ -123,6 +178,7 @@ def baseline_serve(cpu: str = SERVER_CPU) -> Iterator[int]:
     port = free_port()
     cmd = pinned(cpu, [PYTHON, str(BENCH_DIR / "baseline_app.py"), str(port)])
     proc = Proc("baseline", subprocess.Popen(cmd))
+    SERVER_PIDS[port] = proc.popen.pid
     try:
         wait_port(port)
         yield port
@@ -169,6 +225,10 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     seconds: float
+    # CPU used during the run, in cores (1.0 = one core busy), per watched process tree
+    # and for wrk itself; and the server's CPU µs per request.
+    cpu: dict[str, float] = field(default_factory=dict)
+    server_us_per_request: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -180,8 +240,13 @@ def wrk(
     connections: int = 64,
     requests_file: Path | None = None,
     cpu: str = LOAD_CPU,
+    watch: dict[str, int] | None = None,
 ) -> WrkResult:
-    """Run wrk with one thread on the load CPU; with a requests file, replay it in order."""
+    """Run wrk with one thread on the load CPU; with a requests file, replay it in order.
+
+    `watch` names process trees (e.g. {"server": pid, "redis": pid}) whose CPU use over
+    the run is recorded; wrk's own is always recorded.
+    """
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
     cmd = [
@@ -197,10 +262,24 @@ def wrk(
     env = dict(os.environ)
     if requests_file is not None:
         env["SB_REQUESTS"] = str(requests_file)
-    proc = subprocess.run(pinned(cpu, cmd), capture_output=True, text=True, env=env, check=True)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with CpuMeter(**(watch or {})) as meter:
+        proc = subprocess.run(pinned(cpu, cmd), capture_output=True, text=True, env=env, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = parse_wrk(proc.stdout)
+    result.cpu = meter.share()
+    wrk_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    result.cpu["wrk"] = round(wrk_cpu / meter.wall, 3)
+    if "server" in meter.used and result.requests:
+        result.server_us_per_request = round(meter.used["server"] / result.requests * 1e6, 1)
     if result.non2xx:
-        print(f"  {url}: {result.non2xx} non-2xx, e.g.:\n{proc.stderr[:600]}", file=sys.stderr)
+        print(
+            f"  {url}: {result.non2xx} non-2xx responses"
+            " (SB_SHOW_ERRORS=1 prints the first bodies)",
+            file=sys.stderr,
+        )
+        if proc.stderr:
+            print(proc.stderr[:600], file=sys.stderr)
     return result
 
 

@@ -48,7 +48,7 @@ def main() -> None:
             "sb:{global}:nonce:__rand_int__-__rand_int__", "sb:{global}:rate:x:1", "sb:{global}:events",
             "00000000-0000-0000-0000-00000000__rand_int__", "1", "nonce__rand_int__",
             "ev-__rand_int__", "360000", "0", "61000", str(now), "score",
-            "scoreboard.updates", "global", str(MAX_SCORE),
+            "scoreboard.updates", "global", str(MAX_SCORE), "scoreboard.top",
         ]  # fmt: skip
         for pipeline in (1, 16):
             cmd = ["redis-benchmark", "-p", port, "-n", str(args.requests), "-c", "50",

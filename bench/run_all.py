@@ -8,6 +8,7 @@ Each scenario also runs alone: see bench/README.md.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -23,11 +24,15 @@ def main() -> None:
     args = ap.parse_args()
     q = args.quick
     scenarios: list[list[str]] = [
-        ["throughput.py", "--seconds", "5" if q else "10", "--rounds", "1" if q else "2"],
+        ["throughput.py", "--seconds", "3" if q else "5", "--rounds", "1" if q else "3"],
         ["latency.py", "--seconds", "5" if q else "10"],
         ["boardsize.py", "--sizes", "1000,100000" if q else "1000,1000000,10000000"],
         ["limit.py", "--requests", "50000" if q else "200000"],
     ]
+    if shutil.which("valgrind"):
+        scenarios.append(["instructions.py", "--requests", "200" if q else "400"])
+    else:
+        print("valgrind is not installed: instructions.py skipped (apt-get install valgrind)")
     for extra in ("sink.py", "fanout.py"):
         if (BENCH_DIR / extra).exists():
             scenarios.append([extra, *(["--quick"] if q else [])])

@@ -2,18 +2,29 @@
 
 Also reads: GET /scores/top (process cache) and GET /scores/{userId} per second.
 
-    .venv/bin/python bench/throughput.py [--seconds 10] [--rounds 2] [--workers 2]
+    .venv/bin/python bench/throughput.py [--seconds 5] [--rounds 3] [--workers 2]
+
+Each round starts the bare app, then `serve`, then `serve` with N workers, each warmed
+up for two seconds first. A ratio is taken within a round (the two servers measured
+seconds apart) and the table shows the median over the rounds, because this machine's
+speed drifts by tens of percent over minutes. Besides requests/s, every run records the
+CPU each process used (in cores: 1.0 is one busy core) and the server's CPU µs per
+request, which stays meaningful when the load generator, not the server, is the limit.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 from common import (
+    REDIS_PIDS,
+    SERVER_PIDS,
+    WrkResult,
     baseline_serve,
     make_requests,
     md_table,
@@ -24,96 +35,141 @@ from common import (
     wrk,
 )
 
+WARMUP_S = 2
 
-def _increments(
-    port: int, seconds: int, connections: int, users: int, tmp: Path, est: int
-) -> dict[str, Any]:
-    reqs = make_requests(est, users, "/scores/increment", tmp / f"req-{port}.tsv")
-    r = wrk(f"http://127.0.0.1:{port}/scores/increment", seconds, connections, reqs)
-    if r.requests > est:
-        print(f"  warning: {r.requests} requests > {est} pre-generated: nonces repeated (409s)")
-    return r.as_dict()
+
+class Runner:
+    """Drives wrk at one server with fresh requests (distinct nonces) for every run."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path, redis_url: str) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.redis_pid = REDIS_PIDS[redis_url]
+        self.files = 0
+
+    def requests(self, seconds: float) -> Path:
+        self.files += 1
+        n = int(self.args.max_rps * seconds)
+        return make_requests(
+            n, self.args.users, "/scores/increment", self.tmp / f"{self.files}.tsv"
+        )
+
+    def run(self, port: int, path: str, requests: Path | None = None) -> WrkResult:
+        watch = {"server": SERVER_PIDS[port], "redis": self.redis_pid}
+        url = f"http://127.0.0.1:{port}{path}"
+        r = wrk(url, self.args.seconds, self.args.connections, requests, watch=watch)
+        if requests is not None and r.requests > self.args.max_rps * self.args.seconds:
+            print(f"  warning: {r.requests} requests > the file's: nonces repeated (409s)")
+        return r
+
+    def warm(self, port: int) -> None:
+        wrk(f"http://127.0.0.1:{port}/scores/increment", WARMUP_S, 64, self.requests(WARMUP_S))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--seconds", type=int, default=10, help="seconds per wrk run")
-    ap.add_argument("--rounds", type=int, default=2, help="alternations of baseline and serve")
+    ap.add_argument("--seconds", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=3, help="alternations of baseline and serve")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument(
-        "--max-rps", type=int, default=15_000, help="upper bound used to size the request files"
+        "--max-rps", type=int, default=20_000, help="upper bound used to size the request files"
     )
     ap.add_argument(
         "--workers", type=int, default=2, help="also measure SCOREBOARD_WORKERS=N (0: skip)"
     )
     args = ap.parse_args()
-    est = args.max_rps * args.seconds
-    rows: list[list[Any]] = []
-    data: dict[str, Any] = {"args": vars(args), "runs": []}
+    multi = f"serve increment, {args.workers} workers"
+    runs: dict[str, list[dict[str, Any]]] = {}
+    ratios: dict[str, list[float]] = {}
+
+    def record(name: str, r: WrkResult) -> float:
+        runs.setdefault(name, []).append(r.as_dict())
+        print(
+            f"  {name}: {r.rps:,.0f}/s, server {r.server_us_per_request} µs/request,"
+            f" cores {r.cpu}, non-2xx {r.non2xx}",
+            flush=True,
+        )
+        return r.rps
+
+    def ratio(name: str, value: float) -> None:
+        ratios.setdefault(name, []).append(value)
+
     with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmpdir, redis_server() as redis_url:
-        tmp = Path(tmpdir)
-        runs: dict[str, list[dict[str, Any]]] = {}
+        runner = Runner(args, Path(tmpdir), redis_url)
+        base_file = runner.requests(args.seconds)
         for rnd in range(args.rounds):
             with baseline_serve() as port:
-                r = _increments(port, args.seconds, args.connections, args.users, tmp, est)
-                runs.setdefault("baseline POST", []).append(r)
-                r = wrk(
-                    f"http://127.0.0.1:{port}/scores/top", args.seconds, args.connections
-                ).as_dict()
-                runs.setdefault("baseline GET", []).append(r)
+                runner.warm(port)
+                base_post = record(
+                    "baseline POST", runner.run(port, "/scores/increment", base_file)
+                )
+                base_get = record("baseline GET", runner.run(port, "/scores/top"))
             with scoreboard_serve(redis_url) as port:
-                r = _increments(port, args.seconds, args.connections, args.users, tmp, est)
-                runs.setdefault("serve increment", []).append(r)
-                r = wrk(
-                    f"http://127.0.0.1:{port}/scores/top", args.seconds, args.connections
-                ).as_dict()
-                runs.setdefault("serve GET /scores/top", []).append(r)
-                # Line 0 of a request file may be used by wrk to probe; user 2 surely has a score.
-                user = str(uuid.UUID(int=2))
-                r = wrk(
-                    f"http://127.0.0.1:{port}/scores/{user}", args.seconds, args.connections
-                ).as_dict()
-                runs.setdefault("serve GET /scores/{userId}", []).append(r)
+                runner.warm(port)
+                reqs = runner.requests(args.seconds)
+                one = record("serve increment", runner.run(port, "/scores/increment", reqs))
+                top = record("serve GET /scores/top", runner.run(port, "/scores/top"))
+                # User 2 surely has a score after the warm-up.
+                user = f"/scores/{uuid.UUID(int=2)}"
+                by_user = record("serve GET /scores/{userId}", runner.run(port, user))
+            ratio("serve increment / baseline POST", one / base_post)
+            ratio("GET /scores/top (cache) / baseline GET", top / base_get)
+            ratio("GET /scores/{userId} / baseline GET", by_user / base_get)
             if args.workers > 1:
                 with scoreboard_serve(
                     redis_url, cpu="0-1", SCOREBOARD_WORKERS=str(args.workers)
                 ) as port:
-                    r = _increments(port, args.seconds, args.connections, args.users, tmp, est)
-                    runs.setdefault(f"serve increment, {args.workers} workers", []).append(r)
-            print(f"round {rnd + 1}/{args.rounds} done")
-        best = {name: max(rs, key=lambda r: r["rps"]) for name, rs in runs.items()}
-        base_post = best["baseline POST"]["rps"]
-        base_get = best["baseline GET"]["rps"]
-        one = best["serve increment"]["rps"]
-        for name, r in best.items():
-            ref = base_get if "GET" in name else base_post
-            rows.append(
-                [name, r["rps"], f"{r['rps'] / ref:.2f}", r["p50_ms"], r["p99_ms"], r["non2xx"]]
-            )
-        data["runs"] = runs
-        data["best"] = best
-        data["ratios"] = {
-            "serve/baseline POST": one / base_post,
-            "top cache/baseline GET": best["serve GET /scores/top"]["rps"] / base_get,
-        }
-        key = f"serve increment, {args.workers} workers"
-        if key in best:
-            data["ratios"]["workers/one process"] = best[key]["rps"] / one
-    table = md_table(["scenario", "req/s", "× baseline", "p50 ms", "p99 ms", "non-2xx"], rows)
+                    runner.warm(port)
+                    reqs = runner.requests(args.seconds)
+                    many = record(multi, runner.run(port, "/scores/increment", reqs))
+                ratio(f"{args.workers} workers / one process", many / one)
+            print(f"round {rnd + 1}/{args.rounds} done", flush=True)
+
+    rows: list[list[Any]] = []
+    for name, rs in runs.items():
+
+        def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
+            return float(statistics.median(r[key] for r in rs))
+
+        cpu = {k: statistics.median(r["cpu"].get(k, 0.0) for r in rs) for k in rs[0]["cpu"]}
+        rows.append(
+            [
+                name,
+                med("rps"),
+                med("server_us_per_request"),
+                f"{cpu.get('server', 0):.2f}",
+                f"{cpu.get('redis', 0):.2f}",
+                f"{cpu.get('wrk', 0):.2f}",
+                med("p50_ms"),
+                med("p99_ms"),
+                sum(r["non2xx"] for r in rs),
+            ]
+        )
+    table = md_table(
+        ["scenario", "req/s", "server CPU µs/req", "server cores", "redis cores", "wrk cores",
+         "p50 ms", "p99 ms", "non-2xx"],
+        rows,
+    )  # fmt: skip
+    ratio_rows = [
+        [name, f"{statistics.median(vs):.2f}", ", ".join(f"{v:.2f}" for v in vs)]
+        for name, vs in ratios.items()
+    ]
+    ratio_table = md_table(["ratio (within a round)", "median", "each round"], ratio_rows)
     print(table)
-    for k, v in data["ratios"].items():
-        print(f"{k}: {v:.2f}")
-    write_results("throughput", data, table)
-    plot_bars(
-        "throughput",
-        "requests/s (best of rounds)",
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-        "req/s",
-    )
+    print()
+    print(ratio_table)
+    data = {
+        "args": vars(args),
+        "runs": runs,
+        "ratios": {name: statistics.median(vs) for name, vs in ratios.items()},
+        "ratios_per_round": ratios,
+    }
+    write_results("throughput", data, table + "\n\n" + ratio_table)
+    plot_bars("throughput", "requests/s (median of rounds)", [r[0] for r in rows],
+              [r[1] for r in rows], "req/s")  # fmt: skip
 
 
 if __name__ == "__main__":
