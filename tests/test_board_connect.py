@@ -1,13 +1,19 @@
-"""The Redis client: commands packed by hiredis give the same bytes as redis-py's packer."""
+"""The Redis client: hiredis packing gives redis-py's bytes; batched scripts survive restarts."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
 from typing import Any
 
 import pytest
 from redis.asyncio.connection import Connection
 
-from scoreboard.board import connect, hiredis_packing
+from scoreboard.board import MAX_IDLE_CONNECTIONS, Board, connect, hiredis_packing
+from scoreboard.errors import Replay, StoreUnavailable
+
+from .servers import RedisServer
 
 
 @pytest.mark.parametrize(
@@ -34,3 +40,38 @@ async def test_connect_uses_it(redis_url: str) -> None:
         assert client.connection_pool.connection_class.__name__.startswith("Hiredis")
     finally:
         await client.aclose()
+
+
+async def test_scripts_keep_working_across_a_redis_restart() -> None:
+    """The connections the script batcher keeps go stale when Redis restarts: the first
+    batch after it is sent again on a fresh connection instead of failing."""
+    server = RedisServer().start()
+    client = connect(server.url)
+    board = Board(client, leeway_s=10, rate_limit_per_min=0)
+    exp = int(time.time()) + 60
+    try:
+        batcher = board._calls[board._increment]
+        assert batcher._pool is not None, "the service's client takes the kept-connection path"
+        user = str(uuid.uuid4())
+        results = await asyncio.gather(
+            *(
+                board.increment("b", user, 1, f"nonce-{i:010d}", f"e{i}", "s", exp)
+                for i in range(20)
+            )
+        )
+        assert sorted(r.score for r in results) == list(range(1, 21))
+        assert 1 <= len(batcher._idle) <= MAX_IDLE_CONNECTIONS
+        server.stop()
+        server.start()
+        # Redis came back empty (no persistence): the board starts again from nothing.
+        again = await board.increment("b", user, 5, "nonce-after-restart", "e-r", "s", exp)
+        assert (again.score, again.rank) == (5, 1)
+        with pytest.raises(Replay):
+            await board.increment("b", user, 5, "nonce-after-restart", "e-r", "s", exp)
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            await board.increment("b", user, 5, "nonce-while-down", "e-d", "s", exp)
+    finally:
+        await client.aclose()
+        server.stop()
+        server.cleanup()

@@ -26,6 +26,7 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
+from redis.exceptions import ResponseError
 
 from scoreboard import board as board_mod
 from scoreboard import keys
@@ -110,7 +111,12 @@ def start_worker(redis_url: str, pg_url: str, log: Path) -> subprocess.Popen[byt
 
 
 async def pending_of(client: Any, pid: int) -> int:
-    summary = await client.xpending(keys.BoardKeys("global").events, keys.SINK_GROUP)
+    try:
+        summary = await client.xpending(keys.BoardKeys("global").events, keys.SINK_GROUP)
+    except ResponseError as e:
+        if "NOGROUP" in str(e):
+            return 0  # a worker that is still starting has not made the group yet
+        raise
     return sum(int(c["pending"]) for c in summary["consumers"] if f"-{pid}-" in c["name"].decode())
 
 

@@ -12,15 +12,19 @@ import pytest
 import redis.asyncio as aioredis
 
 from scoreboard import keys
-from scoreboard.board import MAX_SCORE, Board, Increment
+from scoreboard.board import MAX_SCORE, Board, Increment, connect
 from scoreboard.errors import InvalidDelta, RateLimited, Replay
 
 from .conftest import new_user
 
 
-@pytest.fixture
-async def rclient(redis_url: str) -> AsyncIterator[Any]:
-    client = aioredis.Redis.from_url(redis_url)
+@pytest.fixture(params=["connect", "from_url"])
+async def rclient(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """The service's own client (scripts batched on kept connections), and a plain
+    redis-py client (scripts batched through redis-py's Pipeline)."""
+    client = (
+        connect(redis_url) if request.param == "connect" else aioredis.Redis.from_url(redis_url)
+    )
     yield client
     await client.aclose()
 
