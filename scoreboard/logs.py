@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,19 +92,32 @@ def event(
         logger.log(level, msg, extra={"fields": fields})
         return
     stream, as_json = direct
-    now = datetime.now(UTC)
-    name = logging.getLevelName(level).lower()
+    name = _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower()
     if as_json:
-        out = {
-            "ts": now.isoformat(timespec="milliseconds"),
-            "level": name,
-            "logger": logger.name,
-            "msg": msg,
-            **_tags,
-            **fields,
-        }
-        line = orjson.dumps(out, default=str).decode()
+        out = {"ts": _utc_ms(time.time()), "level": name, "logger": logger.name, "msg": msg}
+        if _tags:
+            out.update(_tags)
+        out.update(fields)
+        line = orjson.dumps(out, default=str, option=orjson.OPT_APPEND_NEWLINE).decode()
     else:
+        now = datetime.now()
         extra = " ".join(f"{k}={v}" for k, v in {**_tags, **fields}.items() if v is not None)
-        line = f"{now.astimezone():%H:%M:%S} {name:7} {logger.name}: {msg} {extra}"
-    stream.write(line + "\n")
+        line = f"{now:%H:%M:%S} {name:7} {logger.name}: {msg} {extra}\n"
+    stream.write(line)
+
+
+_LEVEL_NAMES = {
+    level: logging.getLevelName(level).lower()
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+}
+# The ISO-8601 text of the current second, reused by every line within it.
+_second: list[Any] = [-1, ""]
+
+
+def _utc_ms(t: float) -> str:
+    """`t` as `YYYY-MM-DDTHH:MM:SS.mmm+00:00`, what isoformat(timespec="milliseconds") gives."""
+    sec = int(t)
+    if sec != _second[0]:
+        _second[0] = sec
+        _second[1] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_second[1]}.{int((t - sec) * 1000):03d}+00:00"
