@@ -271,13 +271,14 @@ def mint_action_token(
 
 def event_id(board: str, nonce: str) -> str:
     """The name-based (version 5) event id: the same board and nonce give the same UUID."""
-    # uuid.uuid5 without its object overhead; tests compare the two.
-    digest = bytearray(hashlib.sha1(_EVENT_NS_BYTES + f"{board}/{nonce}".encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # uuid.uuid5 without its object overhead; tests compare the two. The version nibble
+    # becomes 5 and the variant bits 10 (the nibble one of 8, 9, a, b).
+    sha = _EVENT_SHA1.copy()
+    sha.update(f"{board}/{nonce}".encode())
+    h = sha.hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
 
 
 EVENT_NAMESPACE = uuid.UUID("6f1c7a53-2d0e-5b8e-9a43-5c0f3e1d2b77")
 _EVENT_NS_BYTES = EVENT_NAMESPACE.bytes
+_EVENT_SHA1 = hashlib.sha1(_EVENT_NS_BYTES)

@@ -7,7 +7,8 @@ import time
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
 from .. import auth, keys, logs
 from ..auth import Action, Principal
@@ -32,12 +33,17 @@ _BODY_FIELDS = frozenset(("userId", "delta", "actionToken"))
 _JSON = "application/json"
 
 
+# The header as aiohttp would build it from content_type and charset, built once.
+_JSON_HEADERS = CIMultiDict({hdrs.CONTENT_TYPE: "application/json; charset=utf-8"})
+
+
 def json_response(
     body: bytes, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.Response(
-        status=status, body=body, content_type=_JSON, charset="utf-8", headers=headers
-    )
+    all_headers = _JSON_HEADERS.copy()
+    if headers:
+        all_headers.update(headers)
+    return web.Response(status=status, body=body, headers=all_headers)
 
 
 def board_id(request: web.Request) -> str:
