@@ -95,7 +95,8 @@ def tree_cpu_seconds(root: int) -> float:
 
 
 class CpuMeter:
-    """CPU seconds used by named process trees over a window (`with CpuMeter(...) as m`)."""
+    """CPU seconds used by named process trees over a window (`with CpuMeter(...) as m`):
+    `m.used[name]`, and the window's length in `m.wall`."""
 
     def __init__(self, **pids: int) -> None:
         self.pids = pids
@@ -111,10 +112,6 @@ class CpuMeter:
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self._t0
         self.used = {n: tree_cpu_seconds(p) - self.start[n] for n, p in self.pids.items()}
-
-    def share(self) -> dict[str, float]:
-        """Each tree's CPU use over the window, in cores (1.0 = one core busy)."""
-        return {n: round(u / self.wall, 3) for n, u in self.used.items()}
 
 
 SERVER_PIDS: dict[int, int] = {}  # port -> pid of the server process started for it
@@ -267,9 +264,11 @@ def wrk(
         proc = subprocess.run(pinned(cpu, cmd), capture_output=True, text=True, env=env, check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = parse_wrk(proc.stdout)
-    result.cpu = meter.share()
+    # Over wrk's own run, not the whole call: wrk first loads its request file (seconds,
+    # for a big one) while the servers idle. wrk's CPU includes that loading.
+    result.cpu = {n: round(u / result.seconds, 3) for n, u in meter.used.items()}
     wrk_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-    result.cpu["wrk"] = round(wrk_cpu / meter.wall, 3)
+    result.cpu["wrk"] = round(wrk_cpu / result.seconds, 3)
     if "server" in meter.used and result.requests:
         result.server_us_per_request = round(meter.used["server"] / result.requests * 1e6, 1)
     if result.non2xx:
@@ -359,6 +358,7 @@ def plot_bars(
         return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(labels, values, color="#3b82f6")
+    ax.tick_params(axis="x", labelsize=7, labelrotation=20)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     for i, v in enumerate(values):

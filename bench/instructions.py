@@ -35,6 +35,7 @@ from common import (
     free_port,
     make_requests,
     md_table,
+    plot_bars,
     redis_server,
     server_env,
     wait_port,
@@ -169,6 +170,13 @@ def main() -> None:
     print(table)
     print()
     print(ratio_table)
+    plot_bars(
+        "instructions",
+        "CPU instructions per request (callgrind)",
+        [r[0] for r in rows],
+        [r[1] * 1000 for r in rows],
+        "instructions",
+    )
     write_results(
         "instructions",
         {"args": vars(args), "results": results, "ratios": ratios},
