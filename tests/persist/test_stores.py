@@ -124,11 +124,16 @@ def test_migrate_from_two_processes_at_once(pg_url: str) -> None:
 
 
 async def test_sqlite_migrate_concurrently(tmp_path: Path) -> None:
-    stores = [SqliteStore.in_dir(tmp_path) for _ in range(3)]
-    results = await asyncio.gather(*(s.migrate() for s in stores))
-    assert sorted(len(r.applied) for r in results) == [0, 0, 1]
-    for s in stores:
-        await s.close()
+    # Three processes opening a new file at once: switching it to WAL used to fail with
+    # "database is locked" about one time in twelve, so this tries twenty new files.
+    for attempt in range(20):
+        stores = [SqliteStore.in_dir(tmp_path / str(attempt)) for _ in range(3)]
+        try:
+            results = await asyncio.gather(*(s.migrate() for s in stores))
+            assert sorted(len(r.applied) for r in results) == [0, 0, 1]
+        finally:
+            for s in stores:
+                await s.close()
 
 
 async def test_same_batch_twice_changes_nothing(store: Store) -> None:
