@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 import redis.exceptions as rexc
+from aiohttp import hdrs
+from multidict import CIMultiDict
 
 from . import keys
 from .board import TOP_SIZE, Board, Snapshot
@@ -45,6 +47,18 @@ class CachedTop:
     snapshot: Snapshot
     fetched_at: float
     bodies: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    # A page's response headers, and a 304's, built once per version.
+    etag: str = ""
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    not_modified_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+
+    def __post_init__(self) -> None:
+        self.etag = f'"{self.snapshot.version}"'
+        self.not_modified_headers = CIMultiDict(
+            {hdrs.ETAG: self.etag, hdrs.CACHE_CONTROL: "no-cache"}
+        )
+        self.headers = self.not_modified_headers.copy()
+        self.headers[hdrs.CONTENT_TYPE] = "application/json; charset=utf-8"
 
     @property
     def version(self) -> int:

@@ -203,11 +203,19 @@ async def test_top_cache_hits(board_client: Client, settings: Settings) -> None:
     tokens = Tokens(settings)
     metrics = board_client.app[METRICS]
     await give(board_client, tokens, new_user(), 10, board=board)
-    await board_client.get(f"/boards/{board}/scores/top")
+    r = await board_client.get(f"/boards/{board}/scores/top")
     hits = metrics.cache_hit._value.get()
-    for _ in range(5):
-        r = await board_client.get(f"/boards/{board}/scores/top")
-        assert r.status == 200
+    ids = set()
+    for n in range(5):
+        # Cached pages share their prepared headers: each response must still get its own.
+        etag = {"If-None-Match": r.headers["ETag"]} if n % 2 else {}
+        r = await board_client.get(f"/boards/{board}/scores/top", headers=etag)
+        assert r.status == (304 if n % 2 else 200)
+        assert len(r.headers.getall("X-Request-ID")) == 1
+        ids.add(r.headers["X-Request-ID"])
+        assert r.headers["Cache-Control"] == "no-cache"
+        assert ("Content-Type" in r.headers) == (r.status == 200)
+    assert len(ids) == 5
     assert metrics.cache_hit._value.get() == hits + 5
     # A change made in this process is seen at once (the reply carries the version).
     user = new_user()

@@ -64,6 +64,8 @@ def path_user(request: web.Request) -> str:
 
 
 def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    if "?" not in request.raw_path:
+        return default  # no query string: nothing to parse
     values = request.query.getall(name, [])
     if not values:
         return default
@@ -230,20 +232,21 @@ async def top(request: web.Request) -> web.Response:
     offset = int_param(request, "offset", 0, 0, 10_000)
     if offset + limit <= TOP_SIZE:
         cached = await request.app[HUB].top(board)
-        etag = f'"{cached.version}"'
-        body = cached.body(offset, limit)
-    else:
-        version, entries = await request.app[BOARD].page(board, offset, limit)
-        snapshot = await request.app[HUB].top(board)
-        body = orjson.dumps(
-            {
-                "entries": [e.as_dict() for e in entries],
-                "version": version,
-                "updatedAt": snapshot.updated_at(),
-            }
-        )
-        # Deep pages change without the top-100 version moving: tag their content too.
-        etag = f'"{version}-{hashlib.blake2s(body, digest_size=6).hexdigest()}"'
+        # (aiohttp keeps a CIMultiDict it is given: each response gets its own copy.)
+        if _etag_matches(request, cached.etag):
+            return web.Response(status=304, headers=cached.not_modified_headers.copy())
+        return web.Response(body=cached.body(offset, limit), headers=cached.headers.copy())
+    version, entries = await request.app[BOARD].page(board, offset, limit)
+    snapshot = await request.app[HUB].top(board)
+    body = orjson.dumps(
+        {
+            "entries": [e.as_dict() for e in entries],
+            "version": version,
+            "updatedAt": snapshot.updated_at(),
+        }
+    )
+    # Deep pages change without the top-100 version moving: tag their content too.
+    etag = f'"{version}-{hashlib.blake2s(body, digest_size=6).hexdigest()}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _etag_matches(request, etag):
         return web.Response(status=304, headers=headers)
