@@ -218,24 +218,22 @@ class _Pipeliner:
         )
         reused = bool(self._idle)
         conn = self._idle.pop() if reused else await pool.get_connection()
-        try:
-            results = await self._round_trip(conn, packed, len(batch))
-        except rexc.ConnectionError:
-            await pool.release(conn)
-            if not reused:
-                raise
-            # A kept connection that Redis closed meanwhile (a restart): once more on a
-            # fresh one, as redis-py's own retry would. Scripts are safe to repeat: a
-            # repeated increment finds its nonce consumed and answers with the original.
-            conn = await pool.get_connection()
+        while True:
             try:
                 results = await self._round_trip(conn, packed, len(batch))
+                break
+            except rexc.ConnectionError:
+                await pool.release(conn)
+                if not reused:
+                    raise
+                # A kept connection that Redis closed meanwhile (a restart): once more on
+                # a fresh one, as redis-py's own retry would. Scripts are safe to repeat:
+                # a repeated increment finds its nonce consumed and answers the original.
+                reused = False
+                conn = await pool.get_connection()
             except BaseException:
                 await pool.release(conn)
                 raise
-        except BaseException:
-            await pool.release(conn)
-            raise
         if len(self._idle) < MAX_IDLE_CONNECTIONS:
             self._idle.append(conn)
         else:

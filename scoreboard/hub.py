@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 UNSUBSCRIBED_MAX_AGE_S = 1.0
 # How often the listener wakes to check for shutdown.
 POLL_INTERVAL_S = 0.2
+# What every JSON response of the service says it is.
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 # How long a new watcher of a user's scores waits for the score feed to be confirmed.
 SCORES_READY_TIMEOUT_S = 2.0
 TOP_PATTERNS = keys.patterns(keys.TOP_CHANNEL_PREFIX)
@@ -58,7 +60,7 @@ class CachedTop:
             {hdrs.ETAG: self.etag, hdrs.CACHE_CONTROL: "no-cache"}
         )
         self.headers = self.not_modified_headers.copy()
-        self.headers[hdrs.CONTENT_TYPE] = "application/json; charset=utf-8"
+        self.headers[hdrs.CONTENT_TYPE] = JSON_CONTENT_TYPE
 
     @property
     def version(self) -> int:

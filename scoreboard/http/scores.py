@@ -24,6 +24,7 @@ from ..errors import (
     ScoreboardError,
     UnsupportedMediaType,
 )
+from ..hub import JSON_CONTENT_TYPE
 from . import spec
 from .middleware import LOG_FIELDS, request_id
 from .state import BOARD, HUB, METRICS, SETTINGS, VERIFIER
@@ -34,7 +35,7 @@ _JSON = "application/json"
 
 
 # The header as aiohttp would build it from content_type and charset, built once.
-_JSON_HEADERS = CIMultiDict({hdrs.CONTENT_TYPE: "application/json; charset=utf-8"})
+_JSON_HEADERS = CIMultiDict({hdrs.CONTENT_TYPE: JSON_CONTENT_TYPE})
 
 
 def json_response(
