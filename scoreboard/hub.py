@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 import redis.exceptions as rexc
-from aiohttp import hdrs
 from multidict import CIMultiDict
 
 from . import keys
@@ -56,11 +55,9 @@ class CachedTop:
 
     def __post_init__(self) -> None:
         self.etag = f'"{self.snapshot.version}"'
-        self.not_modified_headers = CIMultiDict(
-            {hdrs.ETAG: self.etag, hdrs.CACHE_CONTROL: "no-cache"}
-        )
+        self.not_modified_headers = CIMultiDict({"ETag": self.etag, "Cache-Control": "no-cache"})
         self.headers = self.not_modified_headers.copy()
-        self.headers[hdrs.CONTENT_TYPE] = JSON_CONTENT_TYPE
+        self.headers["Content-Type"] = JSON_CONTENT_TYPE
 
     @property
     def version(self) -> int:

@@ -110,6 +110,7 @@ async def test_etag_and_304(board_client: Client, settings: Settings) -> None:
     await give(board_client, tokens, user, 10)
     r = await board_client.get("/scores/top")
     etag = r.headers["ETag"]
+    assert b"ETag" in [name for name, _ in r.raw_headers]  # spelled as the contract does
     version = (await r.json())["version"]
     assert etag == f'"{version}"'
     r = await board_client.get("/scores/top", headers={"If-None-Match": etag})

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import orjson
-from aiohttp import hdrs, web
+from aiohttp import web
 from multidict import CIMultiDict
 
 from .. import auth, keys, logs
@@ -35,7 +35,7 @@ _JSON = "application/json"
 
 
 # The header as aiohttp would build it from content_type and charset, built once.
-_JSON_HEADERS = CIMultiDict({hdrs.CONTENT_TYPE: JSON_CONTENT_TYPE})
+_JSON_HEADERS = CIMultiDict({"Content-Type": JSON_CONTENT_TYPE})
 
 
 def json_response(
