@@ -14,7 +14,6 @@ two in agreement.
 from __future__ import annotations
 
 import binascii
-import hashlib
 import hmac
 import re
 from typing import Any
@@ -132,7 +131,7 @@ class HS256:
             # No extension is understood here, so a token that demands one is refused.
             raise TokenError("crit", "token has a critical header extension")
         signature = _b64(s)
-        expected = hmac.new(self._key, h + b"." + p, hashlib.sha256).digest()
+        expected = hmac.digest(self._key, h + b"." + p, "sha256")
         if not hmac.compare_digest(signature, expected):
             raise TokenError("bad_signature", "token signature is invalid")
         return head, _json_object(_b64(p), "payload")
