@@ -7,7 +7,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol, cast
@@ -187,7 +187,10 @@ class _Pipeliner:
     def call(self, keys: list[str], args: list[str | int]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((keys, args, fut))
+        queue = self._queue
+        queue.append((keys, args, fut))
+        if len(queue) >= SEND_AT and self._send_now():
+            return fut
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -195,41 +198,79 @@ class _Pipeliner:
 
     def _flush(self) -> None:
         self._scheduled = False
-        batch, self._queue = self._queue, []
-        task = asyncio.create_task(self._send(batch))
+        if self._queue:
+            batch, self._queue = self._queue, []
+            self._spawn(self._send(batch))
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(job)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _execute(
-        self, batch: list[tuple[list[str], list[str | int], asyncio.Future[Any]]]
-    ) -> list[Any]:
-        """The batch's replies, in order (a script's error reply as its exception)."""
-        pool = self._pool
+    def _send_now(self) -> bool:
+        """Write the queued calls to Redis now, on a kept connection, if one is free.
+
+        Under load one event-loop turn starts dozens of requests, and a batch sent at the
+        end of the turn leaves the process idle while Redis runs all of it. Sent in parts
+        as the turn goes, Redis works on the first part while the process prepares the
+        rest, and the replies come back while it still has work to do.
+        """
+        if not self._idle:
+            return False
+        writer = getattr(self._idle[-1], "_writer", None)
+        if writer is None or writer.is_closing():
+            return False  # the end-of-turn batch reconnects it
+        conn = self._idle.pop()
+        batch, self._queue = self._queue, []
+        packed = self._pack(batch)
+        writer.write(packed)
+        self._spawn(self._send(batch, conn, packed))
+        return True
+
+    def _pack(self, batch: list[tuple[list[str], list[str | int], asyncio.Future[Any]]]) -> bytes:
         sha = self._script.sha
+        # (hiredis's stub types the command as a one-element tuple)
+        return b"".join(
+            hiredis.pack_command(cast(Any, ("EVALSHA", sha, len(ks), *ks, *args)))
+            for ks, args, _ in batch
+        )
+
+    async def _execute(
+        self,
+        batch: list[tuple[list[str], list[str | int], asyncio.Future[Any]]],
+        conn: Any = None,
+        packed: bytes | None = None,
+    ) -> list[Any]:
+        """The batch's replies, in order (a script's error reply as its exception).
+
+        With `conn`, `packed` was already written to that kept connection.
+        """
+        pool = self._pool
         if pool is None:
+            sha = self._script.sha
             pipe = self._client.pipeline(transaction=False)
             for ks, args, _ in batch:
                 pipe.evalsha(sha, len(ks), *ks, *args)
             return list(await pipe.execute(raise_on_error=False))
-        # (hiredis's stub types the command as a one-element tuple)
-        packed = b"".join(
-            hiredis.pack_command(cast(Any, ("EVALSHA", sha, len(ks), *ks, *args)))
-            for ks, args, _ in batch
-        )
-        reused = bool(self._idle)
-        conn = self._idle.pop() if reused else await pool.get_connection()
+        if packed is None:
+            packed = self._pack(batch)
+        written = conn is not None
+        if conn is None:
+            conn = self._idle.pop() if self._idle else await pool.get_connection()
+        retry = True
         while True:
             try:
-                results = await self._round_trip(conn, packed, len(batch))
+                results = await self._round_trip(conn, packed, len(batch), written)
                 break
             except rexc.ConnectionError:
                 await pool.release(conn)
-                if not reused:
+                if not retry:
                     raise
-                # A kept connection that Redis closed meanwhile (a restart): once more on
-                # a fresh one, as redis-py's own retry would. Scripts are safe to repeat:
-                # a repeated increment finds its nonce consumed and answers the original.
-                reused = False
+                # A connection that Redis closed meanwhile (a restart; the pool's own
+                # check can miss it too): once more on a fresh one, as redis-py's retry
+                # would. Scripts are safe to repeat: a repeated increment finds its nonce
+                # consumed and answers the original.
+                retry = written = False
                 conn = await pool.get_connection()
             except BaseException:
                 await pool.release(conn)
@@ -241,12 +282,13 @@ class _Pipeliner:
         return results
 
     @staticmethod
-    async def _round_trip(conn: Any, packed: bytes, replies: int) -> list[Any]:
-        """Send a packed batch and read its replies, under one deadline for all of them."""
+    async def _round_trip(conn: Any, packed: bytes, replies: int, written: bool) -> list[Any]:
+        """Send a packed batch (unless `written`) and read its replies, under one deadline."""
         results: list[Any] = []
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT_S):
-                await conn.send_packed_command(packed)
+                if not written:
+                    await conn.send_packed_command(packed)
                 for _ in range(replies):
                     try:
                         results.append(await conn.read_response(timeout=math.inf))
@@ -262,10 +304,13 @@ class _Pipeliner:
         return results
 
     async def _send(
-        self, batch: list[tuple[list[str], list[str | int], asyncio.Future[Any]]]
+        self,
+        batch: list[tuple[list[str], list[str | int], asyncio.Future[Any]]],
+        conn: Any = None,
+        packed: bytes | None = None,
     ) -> None:
         try:
-            results = await self._execute(batch)
+            results = await self._execute(batch, conn, packed)
         except Exception as e:
             for _, _, fut in batch:
                 if not fut.done():
@@ -508,6 +553,8 @@ def hiredis_packing(cls: type[Any]) -> type[Any]:
 COMMAND_TIMEOUT_S = 5
 # Connections a script batcher keeps for itself between batches.
 MAX_IDLE_CONNECTIONS = 8
+# Queued calls that are written to Redis at once instead of at the end of the turn.
+SEND_AT = 8
 _COMMON: dict[str, Any] = {
     "socket_connect_timeout": 2,
     "socket_timeout": COMMAND_TIMEOUT_S,

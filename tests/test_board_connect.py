@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import Connection
 
-from scoreboard.board import MAX_IDLE_CONNECTIONS, Board, connect, hiredis_packing
+from scoreboard.board import MAX_IDLE_CONNECTIONS, SEND_AT, Board, connect, hiredis_packing
 from scoreboard.errors import Replay, StoreUnavailable
 
 from .servers import RedisServer
@@ -71,6 +71,61 @@ async def test_scripts_keep_working_across_a_redis_restart() -> None:
         server.stop()
         with pytest.raises(StoreUnavailable):
             await board.increment("b", user, 5, "nonce-while-down", "e-d", "s", exp)
+    finally:
+        await client.aclose()
+        server.stop()
+        server.cleanup()
+
+
+async def test_a_busy_turn_goes_out_in_parts_and_survives_a_restart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past SEND_AT calls in one turn, the batcher writes the queued calls at once on a kept
+    connection; every call still gets its own reply, also when that connection went stale."""
+    server = RedisServer().start()
+    client = connect(server.url)
+    board = Board(client, leeway_s=10, rate_limit_per_min=0)
+    batcher = board._calls[board._increment]
+    early: list[int] = []
+    send_now = batcher._send_now
+
+    def counting() -> bool:
+        queued = len(batcher._queue)
+        sent = send_now()
+        if sent:
+            early.append(queued)
+        return sent
+
+    monkeypatch.setattr(batcher, "_send_now", counting)
+    exp = int(time.time()) + 60
+    users = [str(uuid.uuid4()) for _ in range(5 * SEND_AT)]
+
+    async def turn(tag: str) -> list[Any]:
+        return await asyncio.gather(
+            *(
+                board.increment("b", u, i + 1, f"nonce-{tag}-{i:08d}", f"e-{tag}-{i}", "s", exp)
+                for i, u in enumerate(users)
+            )
+        )
+
+    try:
+        for tag in ("a", "b", "c"):
+            results = await turn(tag)
+        assert early and all(n == SEND_AT for n in early), early
+        # Three turns of the same deltas: each reply is its own user's, with three times
+        # that user's delta, and the board holds exactly that (scores stored negated).
+        assert [r.score for r in results] == [3 * (i + 1) for i in range(len(users))]
+        assert [r.user_id for r in results] == users
+        stored = await client.zmscore(board.keys("b").scores, users)
+        assert [-int(x) for x in stored] == [3 * (i + 1) for i in range(len(users))]
+        kept = len(batcher._idle)
+        assert kept >= 2
+        server.stop()
+        server.start()
+        early.clear()
+        results = await turn("after-restart")
+        assert early, "the kept connections were used, stale as they were"
+        assert [r.score for r in results] == [i + 1 for i in range(len(users))]
     finally:
         await client.aclose()
         server.stop()
