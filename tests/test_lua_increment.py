@@ -217,3 +217,29 @@ async def test_the_top_channel_hears_only_top_100_changes(rclient: Any) -> None:
     assert got[keys.channel(name)]["type"] == "score"
     assert outside.version == 0
     await pubsub.aclose()
+
+
+async def test_a_tie_at_the_100th_place_is_ordered_by_user_id(rclient: Any) -> None:
+    """Rank 1 is not always inside the top-100: among 101 tied users the one with the
+    largest id sits at position 100, and only the position decides what the top holds."""
+    board = make_board(rclient)
+    name = f"ties-{new_user()[:8]}"
+    k = keys.BoardKeys(name)
+    smallest = "00000000-0000-4000-8000-000000000000"
+    largest = "ffffffff-ffff-4fff-bfff-ffffffffffff"
+    for i in range(100):
+        await inc(board, new_user(), 10, f"tie-{i:012d}", name)
+    before = await rclient.hgetall(k.top)
+    last = await inc(board, largest, 10, "tie-largest-0000", name)
+    assert (last.rank, last.top_changed, last.version) == (1, False, int(before[b"v"]))
+    assert await rclient.hgetall(k.top) == before
+    first = await inc(board, smallest, 10, "tie-smallest-000", name)
+    assert (first.rank, first.top_changed) == (1, True)
+    after = await rclient.hgetall(k.top)
+    assert int(after[b"v"]) == first.version > int(before[b"v"])
+    top = orjson.loads(after[b"d"])
+    assert top[0] == [smallest, 10] and len(top) == 100 and [largest, 10] not in top
+    # The largest id moves up from position 101 by a point: into the top, at its head.
+    up = await inc(board, largest, 1, "tie-largest-0001", name)
+    assert (up.rank, up.previous_rank, up.top_changed) == (1, 1, True)
+    assert orjson.loads((await rclient.hgetall(k.top))[b"d"])[0] == [largest, 11]

@@ -39,16 +39,19 @@ if limit > 0 then
   end
 end
 
+-- A position (0-based, ties ordered by user id) is at least rank - 1, so the position
+-- is looked up only for a rank within the top-100: most calls skip both ZRANKs.
 local old_pos = nil
 local previous_rank = 0
 if old_stored then
-  old_pos = redis.call('ZRANK', KEYS[1], user)
   previous_rank = 1 + redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. old_stored)
+  if previous_rank <= 100 then old_pos = redis.call('ZRANK', KEYS[1], user) end
 end
 local stored = string.format('%d', -new)
 redis.call('ZADD', KEYS[1], stored, user)
-local new_pos = redis.call('ZRANK', KEYS[1], user)
 local rank = 1 + redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. stored)
+local new_pos = 100
+if rank <= 100 then new_pos = redis.call('ZRANK', KEYS[1], user) end
 local seq = redis.call('INCR', KEYS[3])
 
 local top100 = new_pos < 100 or (old_pos ~= nil and old_pos < 100)
