@@ -316,7 +316,10 @@ async def test_websocket_top_score_and_subscribe(
 ) -> None:
     board = new_board()
     alice = new_user()
-    async with live.ws_connect(f"/boards/{board}/scores/ws") as ws:
+    async with live.ws_connect(
+        f"/boards/{board}/scores/ws", headers={"X-Request-ID": "ws-upgrade-1"}
+    ) as ws:
+        assert ws._response.headers["X-Request-ID"] == "ws-upgrade-1"
         first = await ws.receive_json(timeout=2)
         assert first["type"] == "top" and first["version"] == 0 and first["entries"] == []
         await ws.send_json({"subscribe": "not-a-uuid"})

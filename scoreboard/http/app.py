@@ -17,7 +17,7 @@ from ..hub import Hub
 from ..metrics import Metrics
 from . import admin, apidocs, ops, page, scores, stream
 from .durability import durability_ctx
-from .middleware import middleware, on_prepare
+from .middleware import middleware
 from .state import BOARD, HUB, METRICS, SETTINGS, VERIFIER
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()
     app[VERIFIER] = Verifier(settings)
-    app.on_response_prepare.append(on_prepare)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(durability_ctx)
     app.cleanup_ctx.append(_hub_ctx)

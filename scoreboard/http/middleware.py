@@ -137,6 +137,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         )
     except web.HTTPException as e:
         if e.status < 400:
+            e.headers[REQUEST_ID] = request_id(request)
             _observe(request, e.status, start)
             raise
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
@@ -150,6 +151,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     except Exception:
         logger.exception("unhandled error in %s %s", request.method, request.path)
         response = error_response(request, 500, "internal_error", "internal server error")
+    if not response.prepared:  # a stream set it itself before it started (see `stamp`)
+        response.headers[REQUEST_ID] = request_id(request)
     _observe(request, response.status, start)
     return response
 
@@ -160,6 +163,7 @@ def _observe(request: web.Request, status: int, start: float) -> None:
     metrics.request_timer(_route(request), method, status).observe(time.perf_counter() - start)
 
 
-async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Every response, streaming ones included, carries the request id."""
+def stamp(request: web.Request, response: web.StreamResponse) -> None:
+    """Give a streaming response the request id before it starts; the middleware gives
+    every other response its id (cheaper than an on_response_prepare signal)."""
     response.headers[REQUEST_ID] = request_id(request)

@@ -16,6 +16,7 @@ from .. import auth
 from ..errors import BadRequest
 from ..live import SSE, WS, Broadcaster, Client, Frame, StreamOptions
 from . import spec
+from .middleware import stamp
 from .scores import board_id
 from .state import BROADCASTER, HUB, METRICS, SETTINGS, STREAM_OPTIONS
 
@@ -58,6 +59,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
         resp = EventSourceResponse(
             sep="\n", ping_interval=opts.ping_interval_s, send_timeout=opts.stall_timeout_s
         )
+        stamp(request, resp)
         writer = await resp.prepare(request)
         transport = request.transport
         if writer is None or transport is None:
@@ -118,6 +120,7 @@ async def ws(request: web.Request) -> web.StreamResponse:
         if user is not None:
             await live.hub.scores_ready()
         first = await live.snapshot(board)
+        stamp(request, sock)
         writer = await sock.prepare(request)
         transport = request.transport
         if transport is None:
