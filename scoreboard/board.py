@@ -284,16 +284,11 @@ class _Pipeliner:
     @staticmethod
     async def _round_trip(conn: Any, packed: bytes, replies: int, written: bool) -> list[Any]:
         """Send a packed batch (unless `written`) and read its replies, under one deadline."""
-        results: list[Any] = []
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT_S):
                 if not written:
                     await conn.send_packed_command(packed)
-                for _ in range(replies):
-                    try:
-                        results.append(await conn.read_response(timeout=math.inf))
-                    except rexc.ResponseError as e:
-                        results.append(e)
+                results = await _read_replies(conn, replies)
         except TimeoutError:
             # Cut off mid-batch: the connection's replies are out of step now.
             await conn.disconnect(nowait=True)
@@ -328,6 +323,40 @@ class _Pipeliner:
                 fut.set_exception(result)
             else:
                 fut.set_result(result)
+
+
+try:  # redis-py's marker for "hiredis has no whole reply yet"
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _MORE
+except ImportError:  # pragma: no cover - another redis-py layout: the plain reads below
+    _MORE = None
+
+
+async def _read_replies(conn: Any, count: int) -> list[Any]:
+    """`count` replies, an error reply as its exception object.
+
+    Straight from the connection's hiredis reader when it has one: redis-py's
+    `read_response` costs three coroutines, a host string and a health-check stamp per
+    reply, more than hiredis takes to parse it.
+    """
+    results: list[Any] = []
+    parser = conn._parser
+    reader = getattr(parser, "_reader", None) if _MORE is not None else None
+    if reader is None or not hasattr(parser, "read_from_socket"):
+        for _ in range(count):
+            try:
+                results.append(await conn.read_response(timeout=math.inf))
+            except rexc.ResponseError as e:
+                results.append(e)
+        return results
+    while len(results) < count:
+        reply = reader.gets()
+        if reply is _MORE:
+            await parser.read_from_socket()
+        elif isinstance(reply, rexc.ConnectionError):
+            raise reply
+        else:
+            results.append(reply)
+    return results
 
 
 class Board:

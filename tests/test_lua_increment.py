@@ -11,6 +11,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from scoreboard import board as board_mod
 from scoreboard import keys
 from scoreboard.board import MAX_SCORE, Board, Increment, connect
 from scoreboard.errors import InvalidDelta, RateLimited, Replay
@@ -18,12 +19,17 @@ from scoreboard.errors import InvalidDelta, RateLimited, Replay
 from .conftest import new_user
 
 
-@pytest.fixture(params=["connect", "from_url"])
-async def rclient(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
-    """The service's own client (scripts batched on kept connections), and a plain
-    redis-py client (scripts batched through redis-py's Pipeline)."""
+@pytest.fixture(params=["connect", "connect-read_response", "from_url"])
+async def rclient(
+    redis_url: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Any]:
+    """The service's own client (scripts batched on kept connections, replies read from
+    hiredis, or through redis-py's read_response where that reader is not found), and a
+    plain redis-py client (scripts batched through redis-py's Pipeline)."""
+    if request.param == "connect-read_response":
+        monkeypatch.setattr(board_mod, "_MORE", None)
     client = (
-        connect(redis_url) if request.param == "connect" else aioredis.Redis.from_url(redis_url)
+        aioredis.Redis.from_url(redis_url) if request.param == "from_url" else connect(redis_url)
     )
     yield client
     await client.aclose()
@@ -174,8 +180,6 @@ async def test_noscript_after_script_flush(rclient: Any) -> None:
 async def test_board_set_heals_after_data_loss(
     rclient: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from scoreboard import board as board_mod
-
     board = make_board(rclient)
     await inc(board, new_user(), 1, "g" * 16, name="healing")
     assert await rclient.smembers(keys.BOARDS_KEY) == {b"healing"}
