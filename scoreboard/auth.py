@@ -9,7 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 from jwt.types import Options
@@ -56,9 +56,8 @@ class Principal:
         return SCOPE_BONUS in self.scopes
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
-    """A verified action token's claims."""
+class Action(NamedTuple):
+    """A verified action token's claims (a NamedTuple, like the board's per-request types)."""
 
     user_id: str
     nonce: str

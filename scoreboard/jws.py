@@ -116,10 +116,11 @@ def check_issuer_audience(claims: dict[str, Any], issuer: str | None, audience: 
 class HS256:
     """Verifies HS256 compact JWTs signed with one secret."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_mac",)
 
     def __init__(self, secret: str) -> None:
-        self._key = secret.encode()
+        # Keyed once; each token's check copies it (cheaper than keying HMAC again).
+        self._mac = hmac.new(secret.encode(), digestmod="sha256")
 
     def verify(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """(header, claims) of a token whose signature is good; raises TokenError."""
@@ -131,7 +132,9 @@ class HS256:
             # No extension is understood here, so a token that demands one is refused.
             raise TokenError("crit", "token has a critical header extension")
         signature = _b64(s)
-        expected = hmac.digest(self._key, h + b"." + p, "sha256")
+        mac = self._mac.copy()
+        mac.update(h + b"." + p)
+        expected = mac.digest()
         if not hmac.compare_digest(signature, expected):
             raise TokenError("bad_signature", "token signature is invalid")
         return head, _json_object(_b64(p), "payload")
