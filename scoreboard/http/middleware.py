@@ -60,14 +60,20 @@ def _sane(value: str | None) -> bool:
     )
 
 
+def _assign_id(request: web.Request) -> str:
+    headers = request.headers
+    given = headers.getall(REQUEST_ID, ()) if REQUEST_ID in headers else ()
+    rid = given[0] if len(given) == 1 and _sane(given[0]) else _new_id()
+    request[_REQUEST_ID_KEY] = rid
+    return rid
+
+
 def request_id(request: web.Request) -> str:
     """The request's id: the client's when sane, else a generated one."""
-    rid: str | None = request.get(_REQUEST_ID_KEY)
-    if rid is None:
-        given = request.headers.getall(REQUEST_ID, [])
-        rid = given[0] if len(given) == 1 and _sane(given[0]) else _new_id()
-        request[_REQUEST_ID_KEY] = rid
-    return rid
+    try:
+        return request[_REQUEST_ID_KEY]
+    except KeyError:  # only before the middleware ran, which assigns it first
+        return _assign_id(request)
 
 
 def error_response(
@@ -126,7 +132,7 @@ def _audit(request: web.Request, error: ScoreboardError, route: str) -> None:
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render every error as the contract's body and time every request."""
     start = time.perf_counter()
-    request_id(request)
+    _assign_id(request)
     response: web.StreamResponse
     try:
         response = await handler(request)
