@@ -24,8 +24,8 @@ def main() -> None:
     args = ap.parse_args()
     q = args.quick
     scenarios: list[list[str]] = [
-        ["throughput.py", "--seconds", "2", "--rounds", "2" if q else "7"],
-        ["latency.py", "--seconds", "5" if q else "10"],
+        ["throughput.py", "--seconds", "2", "--rounds", "2" if q else "6"],
+        ["latency.py", "--seconds", "3" if q else "4", "--repeats", "1" if q else "3"],
         ["boardsize.py", "--sizes", "1000,100000" if q else "1000,1000000,10000000"],
         ["limit.py", "--requests", "50000" if q else "200000"],
     ]
