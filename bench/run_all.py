@@ -33,9 +33,10 @@ def main() -> None:
         scenarios.append(["instructions.py", "--requests", "200" if q else "400"])
     else:
         print("valgrind is not installed: instructions.py skipped (apt-get install valgrind)")
-    for extra in ("sink.py", "fanout.py"):
-        if (BENCH_DIR / extra).exists():
-            scenarios.append([extra, *(["--quick"] if q else [])])
+    sink_quick = ["--events", "30000", "--users", "5000", "--rate", "2000", "--seconds", "5",
+                  "--reseed-users", "100000"]  # fmt: skip
+    scenarios.append(["sink.py", *(sink_quick if q else [])])
+    scenarios.append(["fanout.py", *(["--quick"] if q else [])])
     for scenario in scenarios:
         print(f"== {' '.join(scenario)}", flush=True)
         start = time.monotonic()
