@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import re
@@ -216,3 +217,36 @@ def test_format_choice(
     else:
         assert first.endswith("increment requestId=r1 outcome=ok")
         assert second.endswith("scoreboard.test: plain record")
+
+
+class CountingWrites(io.StringIO):
+    """A stream that counts its write calls."""
+
+    writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+async def test_lines_of_one_event_loop_turn_are_written_by_one_call(
+    log_setup: Callable[..., io.StringIO],
+) -> None:
+    out = log_setup(stream=CountingWrites())
+    for i in range(5):
+        logs.event(logs.INCREMENTS, "increment", {"i": i})
+    assert out.getvalue() == ""  # the turn is still running
+    await asyncio.sleep(0)
+    assert [orjson.loads(line)["i"] for line in out.getvalue().splitlines()] == list(range(5))
+    assert isinstance(out, CountingWrites) and out.writes == 1
+    logs.event(logs.INCREMENTS, "increment", {"i": 5})
+    logs.flush()  # what runs at exit: nothing waits for a turn that never comes
+    assert orjson.loads(out.getvalue().splitlines()[-1])["i"] == 5
+
+
+def test_a_line_outside_an_event_loop_is_written_at_once(
+    log_setup: Callable[..., io.StringIO],
+) -> None:
+    out = log_setup()
+    logs.event(logs.INCREMENTS, "increment", {"i": 1})
+    assert orjson.loads(out.getvalue())["i"] == 1
