@@ -160,7 +160,8 @@ def _translate(e: Exception) -> Exception:
 
 
 class _Pipeliner:
-    """Sends the script calls made in one event-loop turn to Redis as one pipeline.
+    """Sends the script calls made in one event-loop turn to Redis pipelined: in parts of
+    SEND_AT as they gather when a kept connection is free, the rest at the end of the turn.
 
     Each EVALSHA stays atomic on its own; pipelining only saves the client's per-call
     overhead and round trips (about 4x less CPU per call at 16 calls a batch). A call
@@ -342,7 +343,7 @@ async def _read_replies(conn: Any, count: int) -> list[Any]:
     reply, more than hiredis takes to parse it.
     """
     results: list[Any] = []
-    parser = conn._parser
+    parser: Any = getattr(conn, "_parser", None)
     reader = getattr(parser, "_reader", None) if _MORE is not None else None
     if reader is None or not hasattr(parser, "read_from_socket"):
         for _ in range(count):
