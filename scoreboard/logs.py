@@ -107,27 +107,31 @@ def event(
         now = datetime.now()
         extra = " ".join(f"{k}={v}" for k, v in {**_tags, **fields}.items() if v is not None)
         line = f"{now:%H:%M:%S} {name:7} {logger.name}: {msg} {extra}\n"
-    if _pending:
-        _pending.append(line)
-        return
     try:
-        loop = asyncio.get_running_loop()
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
-        stream.write(line)
-        return
+        loop = None
     _pending.append(line)
-    loop.call_soon(flush)
+    if loop is None:
+        flush()
+    elif _flush_on[0] is not loop:
+        # (A flush scheduled on a loop that closed before running it is replaced.)
+        _flush_on[0] = loop
+        loop.call_soon(flush)
 
 
 # The structured lines of the current event-loop turn: written together by one write
 # call when the turn ends (a server under load logs dozens of increments a turn, and a
 # write system call per line cost more than making the line).
 _pending: list[str] = []
+# The loop a flush of `_pending` is scheduled on.
+_flush_on: list[asyncio.AbstractEventLoop | None] = [None]
 
 
 @atexit.register
 def flush() -> None:
     """Write the lines still waiting for the end of their event-loop turn."""
+    _flush_on[0] = None
     if not _pending:
         return
     text = "".join(_pending)

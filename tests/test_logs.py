@@ -250,3 +250,25 @@ def test_a_line_outside_an_event_loop_is_written_at_once(
     out = log_setup()
     logs.event(logs.INCREMENTS, "increment", {"i": 1})
     assert orjson.loads(out.getvalue())["i"] == 1
+
+
+def test_lines_left_by_a_closed_loop_go_out_with_the_next_ones(
+    log_setup: Callable[..., io.StringIO],
+) -> None:
+    out = log_setup()
+    loop = asyncio.new_event_loop()
+
+    def log_and_stop() -> None:
+        logs.event(logs.INCREMENTS, "increment", {"i": 1})
+        loop.stop()
+
+    loop.call_soon(log_and_stop)
+    loop.run_forever()
+    loop.close()  # the flush it scheduled never ran
+    assert out.getvalue() == ""
+
+    async def log_another() -> None:
+        logs.event(logs.INCREMENTS, "increment", {"i": 2})
+
+    asyncio.run(log_another())
+    assert [orjson.loads(line)["i"] for line in out.getvalue().splitlines()] == [1, 2]
