@@ -221,6 +221,9 @@ class _Pipeliner:
         """
         if not self._idle:
             return False
+        # redis-py's connection keeps its asyncio StreamWriter here; writing to it at once
+        # (no drain: a part is a few KB, and its replies are awaited) is what the
+        # connection's own send does, without making this call a coroutine.
         writer = getattr(self._idle[-1], "_writer", None)
         if writer is None or writer.is_closing():
             return False  # the end-of-turn batch reconnects it

@@ -132,7 +132,7 @@ def _audit(request: web.Request, error: ScoreboardError, route: str) -> None:
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render every error as the contract's body and time every request."""
     start = time.perf_counter()
-    _assign_id(request)
+    rid = _assign_id(request)
     response: web.StreamResponse
     try:
         response = await handler(request)
@@ -143,7 +143,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         )
     except web.HTTPException as e:
         if e.status < 400:
-            e.headers[REQUEST_ID] = request_id(request)
+            e.headers[REQUEST_ID] = rid
             _observe(request, e.status, start)
             raise
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
@@ -158,7 +158,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         logger.exception("unhandled error in %s %s", request.method, request.path)
         response = error_response(request, 500, "internal_error", "internal server error")
     if not response.prepared:  # a stream set it itself before it started (see `stamp`)
-        response.headers[REQUEST_ID] = request_id(request)
+        response.headers[REQUEST_ID] = rid
     _observe(request, response.status, start)
     return response
 
