@@ -11,6 +11,7 @@ from aiohttp import web
 from . import embedded, logs
 from .config import Settings
 from .http.app import create_app
+from .http.runner import run_app
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +51,11 @@ def serve(settings: Settings) -> int:
     app = create_app(settings)
     app.on_startup.append(settle_gc)
     logger.info("listening on http://%s:%d", settings.http_host, settings.http_port)
-    web.run_app(
+    run_app(
         app,
         host=settings.http_host,
         port=settings.http_port,
-        print=None,
-        access_log=None,
         shutdown_timeout=10,
-        handle_signals=True,
         # In server mode several `serve` processes (or containers sharing a network
         # namespace) may share the port; the embedded store lives in one process, so
         # there a second server on the port is refused as usual.

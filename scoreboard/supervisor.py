@@ -298,9 +298,8 @@ def _watch_parent(fd: int) -> Any:
 
 def run_worker(index: int, parent_fd: int, env: Mapping[str, str]) -> int:
     """Serve as worker `index` with the settings in `env` until SIGTERM."""
-    from aiohttp import web
-
     from .http.app import create_app
+    from .http.runner import run_app
     from .serve import install_uvloop, settle_gc
 
     try:
@@ -315,22 +314,20 @@ def run_worker(index: int, parent_fd: int, env: Mapping[str, str]) -> int:
     app.on_startup.append(_watch_parent(parent_fd))
     app.on_startup.append(settle_gc)
 
-    def listening(_: str) -> None:
+    def listening() -> None:
         logs.event(
             logger,
             f"worker {index} listening on http://{settings.http_host}:{settings.http_port}",
             {"sink": settings.sink},
         )
 
-    web.run_app(
+    run_app(
         app,
         host=settings.http_host,
         port=settings.http_port,
         reuse_port=True,
-        print=listening,
-        access_log=None,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        handle_signals=True,
+        listening=listening,
     )
     return 0
 

@@ -22,9 +22,10 @@ from .state import BOARD, HUB, METRICS, SETTINGS, VERIFIER
 
 logger = logging.getLogger(__name__)
 HUB_STOP_TIMEOUT_S = 3.0
-# Longest header value the HTTP parser accepts. Past it the parser answers a bare 400
-# before any of our code runs, so it sits well above anything we refuse ourselves with
-# a contract body (8 KiB tokens) or tolerate (a 100 KiB garbage Last-Event-ID).
+# Longest header value the HTTP parser accepts. Past it the parser refuses the request
+# before any route runs (400 bad_request, answered by http/runner.py), so it
+# sits well above anything a route refuses with a precise error (8 KiB tokens) or
+# tolerates (a 100 KiB garbage Last-Event-ID).
 MAX_HEADER_FIELD = 128 * 1024
 
 

@@ -50,7 +50,8 @@ _ID_PREFIX = secrets.token_hex(6)
 _ID_COUNTER = itertools.count(secrets.randbelow(1 << 40))
 
 
-def _new_id() -> str:
+def new_id() -> str:
+    """A fresh request id."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):020x}"
 
 
@@ -63,7 +64,7 @@ def _sane(value: str | None) -> bool:
 def _assign_id(request: web.Request) -> str:
     headers = request.headers
     given = headers.getall(REQUEST_ID, ()) if REQUEST_ID in headers else ()
-    rid = given[0] if len(given) == 1 and _sane(given[0]) else _new_id()
+    rid = given[0] if len(given) == 1 and _sane(given[0]) else new_id()
     request[_REQUEST_ID_KEY] = rid
     return rid
 
@@ -86,7 +87,20 @@ def error_response(
     extra: dict[str, Any] | None = None,
 ) -> web.Response:
     """The contract's error body: {"error", "message", "requestId"} (+ extra fields)."""
-    body: dict[str, Any] = {"error": code, "message": message, "requestId": request_id(request)}
+    return render_error(status, code, message, request_id(request), headers=headers, extra=extra)
+
+
+def render_error(
+    status: int,
+    code: str,
+    message: str,
+    rid: str,
+    *,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> web.Response:
+    """The contract's error body for the request with id `rid`."""
+    body: dict[str, Any] = {"error": code, "message": message, "requestId": rid}
     if extra:
         body.update(extra)
     return web.Response(

@@ -7,6 +7,8 @@ import threading
 
 from aiohttp import web
 
+from scoreboard.http.runner import Runner
+
 # Described in scoreboard/http/spec.py but not registered on this branch yet (each entry
 # makes tests/http/test_spec.py expect the route to be missing). Everything is routed now.
 NOT_ROUTED_YET: set[tuple[str, str]] = set()
@@ -18,7 +20,7 @@ class ServerThread:
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = Runner(app, access_log=None)
         self.port = 0
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
