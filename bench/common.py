@@ -70,38 +70,43 @@ class Proc:
                 self.popen.wait()
 
 
-def _cpu_ticks(pid: int) -> tuple[int, int] | None:
-    """(parent pid, user + system ticks) of a process, None once it is gone."""
+def _cpu_ticks(pid: int) -> tuple[int, int, int] | None:
+    """(parent pid, user ticks, system ticks) of a process, None once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return int(fields[1]), int(fields[11]) + int(fields[12])
+    return int(fields[1]), int(fields[11]), int(fields[12])
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system) used so far by a process and all its descendants."""
-    table: dict[int, tuple[int, int]] = {}
+def tree_cpu_seconds(root: int) -> tuple[float, float]:
+    """CPU seconds (user + system, and system alone) used so far by a process and all
+    its descendants."""
+    table: dict[int, tuple[int, int, int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (t := _cpu_ticks(int(entry.name))) is not None:
             table[int(entry.name)] = t
-    total, todo = 0, [root]
+    total, system, todo = 0, 0, [root]
     while todo:
         pid = todo.pop()
         if pid in table:
-            total += table[pid][1]
-            todo += [p for p, (ppid, _) in table.items() if ppid == pid]
-    return total / os.sysconf("SC_CLK_TCK")
+            total += table[pid][1] + table[pid][2]
+            system += table[pid][2]
+            todo += [p for p, (ppid, _, _) in table.items() if ppid == pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    return total / tick, system / tick
 
 
 class CpuMeter:
     """CPU seconds used by named process trees over a window (`with CpuMeter(...) as m`):
-    `m.used[name]`, and the window's length in `m.wall`."""
+    `m.used[name]` (user + system), `m.system[name]` (system alone), and the window's
+    length in `m.wall`."""
 
     def __init__(self, **pids: int) -> None:
         self.pids = pids
-        self.start: dict[str, float] = {}
+        self.start: dict[str, tuple[float, float]] = {}
         self.used: dict[str, float] = {}
+        self.system: dict[str, float] = {}
         self.wall = 0.0
 
     def __enter__(self) -> CpuMeter:
@@ -111,7 +116,10 @@ class CpuMeter:
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self._t0
-        self.used = {n: tree_cpu_seconds(p) - self.start[n] for n, p in self.pids.items()}
+        for name, pid in self.pids.items():
+            total, system = tree_cpu_seconds(pid)
+            self.used[name] = total - self.start[name][0]
+            self.system[name] = system - self.start[name][1]
 
 
 SERVER_PIDS: dict[int, int] = {}  # port -> pid of the server process started for it
@@ -170,10 +178,13 @@ def scoreboard_serve(redis_url: str, cpu: str = SERVER_CPU, **extra: str) -> Ite
 
 
 @contextlib.contextmanager
-def baseline_serve(cpu: str = SERVER_CPU) -> Iterator[int]:
-    """The bare aiohttp JSON app (bench/baseline_app.py) on one CPU; yields the port."""
+def baseline_serve(cpu: str = SERVER_CPU, busy_us: int = 0) -> Iterator[int]:
+    """The bare aiohttp JSON app (bench/baseline_app.py) on one CPU, spinning `busy_us`
+    µs per request; yields the port."""
     port = free_port()
-    cmd = pinned(cpu, [PYTHON, str(BENCH_DIR / "baseline_app.py"), str(port)])
+    cmd = pinned(
+        cpu, [PYTHON, str(BENCH_DIR / "baseline_app.py"), str(port), f"--busy-us={busy_us}"]
+    )
     proc = Proc("baseline", subprocess.Popen(cmd))
     SERVER_PIDS[port] = proc.popen.pid
     try:
@@ -235,6 +246,8 @@ class WrkResult:
     # and for wrk itself; and the server's CPU µs per request.
     cpu: dict[str, float] = field(default_factory=dict)
     server_us_per_request: float | None = None
+    # The part of it spent in the kernel (socket calls, waking the load generator).
+    server_sys_us_per_request: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -280,6 +293,8 @@ def wrk(
     result.cpu["wrk"] = round(wrk_cpu / result.seconds, 3)
     if "server" in meter.used and result.requests:
         result.server_us_per_request = round(meter.used["server"] / result.requests * 1e6, 1)
+        sys_us = meter.system["server"] / result.requests * 1e6
+        result.server_sys_us_per_request = round(sys_us, 1)
     if result.non2xx:
         print(
             f"  {url}: {result.non2xx} non-2xx responses"

@@ -26,7 +26,13 @@ def main() -> None:
     scenarios: list[list[str]] = [
         ["throughput.py", "--seconds", "2", "--rounds", "2" if q else "6"],
         ["latency.py", "--seconds", "3" if q else "4", "--repeats", "1" if q else "3"],
-        ["boardsize.py", "--sizes", "1000,100000" if q else "1000,1000000,10000000"],
+        [
+            "boardsize.py",
+            "--sizes",
+            "1000,100000" if q else "1000,1000000,10000000",
+            "--floor-users",
+            "100000" if q else "1000000",
+        ],  # fmt: skip
         ["limit.py", "--requests", "50000" if q else "200000"],
     ]
     if shutil.which("valgrind"):
