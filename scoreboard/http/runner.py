@@ -18,7 +18,6 @@ from contextlib import suppress
 
 from aiohttp import web
 from aiohttp.http_exceptions import (
-    BadHttpMethod,
     BadStatusLine,
     ContentLengthError,
     InvalidHeader,
@@ -33,11 +32,10 @@ from .middleware import REQUEST_ID, new_id, render_error
 
 logger = logging.getLogger(__name__)
 
-# What the client is told, by the parser's exception: never the parser's own message,
-# which quotes the offending bytes back.
+# What the client is told, by the parser's exception (BadHttpMethod is a BadStatusLine):
+# never the parser's own message, which quotes the offending bytes back.
 _REASONS: tuple[tuple[type[BaseException], str], ...] = (
     (LineTooLong, "the request line or a header is longer than this server accepts"),
-    (BadHttpMethod, "the request line is not an HTTP/1.1 request line"),
     (BadStatusLine, "the request line is not an HTTP/1.1 request line"),
     (InvalidHeader, "a header is malformed"),
     (TransferEncodingError, "the body's framing (Transfer-Encoding) is malformed"),
