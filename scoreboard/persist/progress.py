@@ -31,7 +31,8 @@ class Progress:
 
     def advance(self, n: int) -> None:
         self._done += n
-        self._draw()
+        # The last step always shows, so a fast task still ends on a full bar.
+        self._draw(force=self._done >= self._total)
 
     def finish(self, message: str) -> None:
         """End the task with a summary line."""
