@@ -130,11 +130,18 @@ class Hub:
             return None
         return cached
 
-    async def top(self, board: str) -> CachedTop:
-        """The newest known top of a board: from memory when current, else from Redis."""
+    def cached(self, board: str) -> CachedTop | None:
+        """The board's top from memory when it is current (a hit), else None: the hot
+        read's path with no coroutine; `top` reads Redis for the rest."""
         cached = self._fresh(board)
         if cached is not None:
             self._metrics.cache_hit.inc()
+        return cached
+
+    async def top(self, board: str) -> CachedTop:
+        """The newest known top of a board: from memory when current, else from Redis."""
+        cached = self.cached(board)
+        if cached is not None:
             return cached
         self._metrics.cache_miss.inc()
         # Concurrent misses of one board share one Redis read.

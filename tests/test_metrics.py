@@ -265,3 +265,42 @@ async def test_an_oversized_chunked_body_counts_as_payload_too_large(
     assert (await r.json())["error"] == "payload_too_large"
     after = await scrape(client)
     assert diff(before, after, UPDATES) == {labels(outcome="payload_too_large"): 1.0}
+
+
+def test_lock_free_families_expose_what_the_library_would() -> None:
+    """A lone process's plain-number histogram and counters render exactly like
+    prometheus-client's own classes fed the same values (less the `_created` series)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from scoreboard.metrics import DURATION_BUCKETS, DURATION_LABELS, Metrics
+
+    ours = Metrics()
+    reference = CollectorRegistry()
+    histogram = Histogram(
+        DURATION, "HTTP request latency", DURATION_LABELS, registry=reference,
+        buckets=DURATION_BUCKETS,
+    )  # fmt: skip
+    counter = Counter(CACHE, "reads", ["result"], registry=reference)
+    # Bounds exactly, just above them, zero, and past the last bucket.
+    values = [0.0, 0.0005, 0.00051, 0.001, 0.0099, 0.01, 0.3, 2.5, 5.0, 5.01, 60.0]
+    for i, v in enumerate(values):
+        labels = ("/scores/top", "GET", "200" if i % 3 else "304")
+        ours.request_timer(labels[0], labels[1], int(labels[2])).observe(v)
+        histogram.labels(*labels).observe(v)
+    for _ in range(3):
+        ours.cache_hit.inc()
+        counter.labels(result="hit").inc()
+    counter.labels(result="miss")
+
+    def samples(text: bytes, names: tuple[str, ...]) -> dict[Any, float]:
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text.decode())
+            for s in family.samples
+            if s.name.startswith(names) and not s.name.endswith("_created")
+        }
+
+    names = (DURATION, CACHE)
+    got, want = samples(ours.exposition(), names), samples(generate_latest(reference), names)
+    assert got == want and len(got) == 2 * (len(DURATION_BUCKETS) + 3) + 2

@@ -232,7 +232,8 @@ async def top(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 10, 1, 100)
     offset = int_param(request, "offset", 0, 0, 10_000)
     if offset + limit <= TOP_SIZE:
-        cached = await request.app[HUB].top(board)
+        hub = request.app[HUB]
+        cached = hub.cached(board) or await hub.top(board)
         # (aiohttp keeps a CIMultiDict it is given: each response gets its own copy.)
         if _etag_matches(request, cached.etag):
             return web.Response(status=304, headers=cached.not_modified_headers.copy())
