@@ -226,7 +226,6 @@ class Metrics:
             # live: a replaced sink process's last value must not linger as the max.
             multiprocess_mode="livemax",
         )
-        self._timers: dict[tuple[str, str, int], Timer] = {}
         # Children created up front: every label value shows from the first scrape.
         self.outcome: dict[str, CounterChild] = {
             o: self.score_updates.labels(outcome=o) for o in OUTCOMES
@@ -237,12 +236,8 @@ class Metrics:
         self.clients_ws = self.stream_clients.labels(transport="ws")
 
     def request_timer(self, route: str, method: str, status: int) -> Timer:
-        """The duration histogram's child for these labels (looked up once, then cached)."""
-        key = (route, method, status)
-        child = self._timers.get(key)
-        if child is None:
-            child = self._timers[key] = self.http_duration.labels(route, method, str(status))
-        return child
+        """The duration histogram's series for these labels (the middleware keeps it)."""
+        return self.http_duration.labels(route, method, str(status))
 
     def exposition(self) -> bytes:
         """The text format for /metrics: this process's, or every worker's summed."""

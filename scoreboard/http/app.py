@@ -17,7 +17,7 @@ from ..hub import Hub
 from ..metrics import Metrics
 from . import admin, apidocs, ops, page, scores, stream
 from .durability import durability_ctx
-from .middleware import middleware
+from .middleware import contract_middleware
 from .state import BOARD, HUB, METRICS, SETTINGS, VERIFIER
 
 logger = logging.getLogger(__name__)
@@ -69,13 +69,14 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
     """The aiohttp application for `settings` (secrets already filled in and checked)."""
+    metrics = metrics or Metrics()
     app = web.Application(
-        middlewares=[middleware],
+        middlewares=[contract_middleware(metrics)],
         client_max_size=scores.MAX_BODY,
         handler_args={"max_field_size": MAX_HEADER_FIELD},
     )
     app[SETTINGS] = settings
-    app[METRICS] = metrics or Metrics()
+    app[METRICS] = metrics
     app[VERIFIER] = Verifier(settings)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(durability_ctx)

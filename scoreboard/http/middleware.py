@@ -10,11 +10,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from .. import logs
 from ..errors import ScoreboardError
-from ..metrics import Metrics
+from ..metrics import Metrics, Timer
 from .state import METRICS
 
 logger = logging.getLogger(__name__)
@@ -142,45 +142,58 @@ def _audit(request: web.Request, error: ScoreboardError, route: str) -> None:
         logs.event(logs.SECURITY, "replay detected", fields, logging.WARNING)
 
 
-@web.middleware
-async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every error as the contract's body and time every request."""
-    start = time.perf_counter()
-    rid = _assign_id(request)
-    response: web.StreamResponse
-    try:
-        response = await handler(request)
-    except ScoreboardError as e:
-        _audit(request, e, _route(request))
-        response = error_response(
-            request, e.status, e.code, e.message, headers=e.headers, extra=e.extra()
-        )
-    except web.HTTPException as e:
-        if e.status < 400:
-            e.headers[REQUEST_ID] = rid
-            _observe(request, e.status, start)
-            raise
-        headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
-        response = error_response(
-            request,
-            e.status,
-            _HTTP_CODES.get(e.status, "error"),
-            e.reason or "request refused",
-            headers=headers,
-        )
-    except Exception:
-        logger.exception("unhandled error in %s %s", request.method, request.path)
-        response = error_response(request, 500, "internal_error", "internal server error")
-    if not response.prepared:  # a stream set it itself before it started (see `stamp`)
-        response.headers[REQUEST_ID] = rid
-    _observe(request, response.status, start)
-    return response
+def contract_middleware(metrics: Metrics) -> Middleware:
+    """The app's one middleware: request ids, the contract's error bodies, timing."""
+    # Duration series by route object (a few, fixed; unmatched requests share None),
+    # method label and status: one dict lookup a request, `metrics` bound here.
+    timers: dict[tuple[object, str, int], Timer] = {}
 
+    def observe(request: web.Request, status: int, start: float) -> None:
+        info = request.match_info
+        method = request.method
+        if method not in _METHODS:
+            method = "other"
+        key = (info.route if info.http_exception is None else None, method, status)
+        timer = timers.get(key)
+        if timer is None:
+            timer = timers[key] = metrics.request_timer(_route(request), method, status)
+        timer.observe(time.perf_counter() - start)
 
-def _observe(request: web.Request, status: int, start: float) -> None:
-    method = request.method if request.method in _METHODS else "other"
-    metrics: Metrics = request.app[METRICS]
-    metrics.request_timer(_route(request), method, status).observe(time.perf_counter() - start)
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Render every error as the contract's body and time every request."""
+        start = time.perf_counter()
+        rid = _assign_id(request)
+        response: web.StreamResponse
+        try:
+            response = await handler(request)
+        except ScoreboardError as e:
+            _audit(request, e, _route(request))
+            response = error_response(
+                request, e.status, e.code, e.message, headers=e.headers, extra=e.extra()
+            )
+        except web.HTTPException as e:
+            if e.status < 400:
+                e.headers[REQUEST_ID] = rid
+                observe(request, e.status, start)
+                raise
+            headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
+            response = error_response(
+                request,
+                e.status,
+                _HTTP_CODES.get(e.status, "error"),
+                e.reason or "request refused",
+                headers=headers,
+            )
+        except Exception:
+            logger.exception("unhandled error in %s %s", request.method, request.path)
+            response = error_response(request, 500, "internal_error", "internal server error")
+        if not response.prepared:  # a stream set it itself before it started (see `stamp`)
+            response.headers[REQUEST_ID] = rid
+        observe(request, response.status, start)
+        return response
+
+    return middleware
 
 
 def stamp(request: web.Request, response: web.StreamResponse) -> None:
