@@ -84,9 +84,10 @@ class _Durations:
 
 
 S = TypeVar("S")
+F = TypeVar("F", bound=Metric)
 
 
-class _LocalFamily(Collector, Generic[S]):
+class _LocalFamily(Collector, Generic[S, F]):
     """A labelled family of a process that shares its metrics with no other.
 
     The hot paths count every request on the event loop's thread. prometheus-client's
@@ -117,14 +118,23 @@ class _LocalFamily(Collector, Generic[S]):
             series = self._series[values] = self._new()
         return series
 
-    def _family(self) -> Metric:
+    def _family(self) -> F:
+        raise NotImplementedError
+
+    def _add(self, family: F, values: tuple[str, ...], series: S) -> None:
         raise NotImplementedError
 
     def describe(self) -> Iterator[Metric]:
         yield self._family()
 
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for values, series in list(self._series.items()):
+            self._add(family, values, series)
+        yield family
 
-class LocalCounter(_LocalFamily[_Count]):
+
+class LocalCounter(_LocalFamily[_Count, CounterMetricFamily]):
     """A labelled counter whose series are plain numbers (see `_LocalFamily`)."""
 
     def _new(self) -> _Count:
@@ -133,14 +143,11 @@ class LocalCounter(_LocalFamily[_Count]):
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        for values, series in list(self._series.items()):
-            family.add_metric(values, series.value)
-        yield family
+    def _add(self, family: CounterMetricFamily, values: tuple[str, ...], series: _Count) -> None:
+        family.add_metric(values, series.value)
 
 
-class RequestDurations(_LocalFamily[_Durations]):
+class RequestDurations(_LocalFamily[_Durations, HistogramMetricFamily]):
     """The request-duration histogram with plain-number buckets (see `_LocalFamily`)."""
 
     _BOUNDS = [floatToGoString(b) for b in DURATION_BUCKETS] + ["+Inf"]  # type: ignore[no-untyped-call]
@@ -151,16 +158,15 @@ class RequestDurations(_LocalFamily[_Durations]):
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        for values, series in list(self._series.items()):
-            counts, total = series.counts[:], series.sum  # one moment, if another thread scrapes
-            buckets, running = [], 0
-            for bound, count in zip(self._BOUNDS, counts, strict=True):
-                running += count
-                buckets.append((bound, float(running)))
-            family.add_metric(values, buckets, total)
-        yield family
+    def _add(
+        self, family: HistogramMetricFamily, values: tuple[str, ...], series: _Durations
+    ) -> None:
+        counts, total = series.counts[:], series.sum  # one moment, if another thread scrapes
+        buckets, running = [], 0
+        for bound, count in zip(self._BOUNDS, counts, strict=True):
+            running += count
+            buckets.append((bound, float(running)))
+        family.add_metric(values, buckets, total)
 
 
 class Metrics:
